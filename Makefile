@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= torch,test
+
+.PHONY: setup demo test lint fixtures clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Regenerate the committed reference fixtures (needs Transformers 4.57.1; see the script's docstring).
+fixtures:
+	$(REF_PYTHON) tests/fixtures/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,232 @@
+"""``EncoderDecoderModel``: any encoder + any causal decoder with cross-attention, in PyTorch.
+
+>>> from encdec_core import BertConfig, GPT2Config, EncoderDecoderConfig
+>>> from encdec_pt import EncoderDecoderModel
+>>> enc = BertConfig(vocab_size=99, hidden_size=36, num_hidden_layers=1, num_attention_heads=3, intermediate_size=37)
+>>> dec = GPT2Config(vocab_size=99, n_embd=36, n_layer=1, n_head=3)
+>>> model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
+>>> type(model.decoder).__name__
+'GPT2LMHeadModel'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig
+from encdec_core.errors import ConfigError, InputError
+from encdec_core.hub import resolve_checkpoint
+from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
+from encdec_core.registry import model_class
+from encdec_core.report import LoadingReport
+from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
+from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
+from encdec_pt import models as _models  # noqa: F401  (registers the architectures)
+from encdec_pt.modeling_utils import PreTrainedModel, load_weights
+
+logger = logging.getLogger("encdec")
+
+
+class EncoderDecoderModel(PreTrainedModel):
+    """A sequence-to-sequence model made of an encoder and a causal decoder.
+
+    Build it from a config (random weights), from two models, or warm-start it from two
+    pretrained checkpoints with :meth:`from_encoder_decoder_pretrained`; load a fine-tuned
+    one with :meth:`from_pretrained`. ``forward`` takes HF's arguments and returns HF's fields.
+    """
+
+    config_class = EncoderDecoderConfig
+    role = "encoder-decoder"
+
+    def __init__(self, config: EncoderDecoderConfig | None = None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None):
+        if config is None:
+            if encoder is None or decoder is None:
+                raise ConfigError("EncoderDecoderModel needs either `config` or both `encoder` and `decoder`")
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
+        elif not isinstance(config, EncoderDecoderConfig):
+            raise ConfigError(f"EncoderDecoderModel: `config` expected an EncoderDecoderConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else model_class("pt", config.encoder, "encoder")(config.encoder)
+        self.decoder = decoder if decoder is not None else model_class("pt", config.decoder, "decoder")(config.decoder)
+        if not (self.decoder.config.is_decoder and self.decoder.config.add_cross_attention):
+            raise ConfigError(
+                f"EncoderDecoderModel: the decoder ({type(self.decoder).__name__}) must be built with "
+                "is_decoder=True and add_cross_attention=True"
+            )
+        # the sub-models' configs are the wrapper's, so an edit of one is seen by the other
+        config.encoder, config.decoder = self.encoder.config, self.decoder.config
+        config.validate()
+        self.enc_to_dec_proj = (
+            nn.Linear(config.encoder.hidden_size, config.decoder.hidden_size) if needs_projection(config) else None
+        )
+        self.tie_weights()
+
+    # ------------------------------------------------------------------ tables, accessors
+    def weight_table(self) -> list[Param]:
+        return encoder_decoder_table(self.config)
+
+    def weight_ties(self) -> list[Tie]:
+        return encoder_decoder_ties(self.config)
+
+    def init_std(self) -> float:
+        return self.config.decoder.initializer_range  # new weights (cross-attention, projection) feed the decoder
+
+    def get_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder.get_output_embeddings()
+
+    def config_to_save(self) -> dict:
+        cfg = super().config_to_save()
+        cfg["encoder"]["architectures"] = [type(self.encoder).__name__]
+        cfg["decoder"]["architectures"] = [type(self.decoder).__name__]
+        return cfg
+
+    def generation_config_to_save(self) -> dict | None:
+        keys = ("decoder_start_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
+        gen = {k: getattr(self.config, k) for k in keys if getattr(self.config, k) is not None}
+        return gen or None
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id, xp=torch)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+        encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None,
+        use_cache=None, output_attentions=False, output_hidden_states=False, return_dict=True, **kwargs,
+    ):
+        """Encode (unless ``encoder_outputs`` is given), decode, and with ``labels`` compute the loss.
+
+        ``labels`` (B, T) with -100 on ignored positions give ``decoder_input_ids`` by a shift
+        right (``decoder_start_token_id`` first, -100 -> ``pad_token_id``) when none are given,
+        and the loss: mean cross-entropy over the tokens whose label is not -100.
+        Keyword arguments prefixed ``decoder_`` go to the decoder, the others to the encoder.
+        """
+        enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states, **enc_kw,
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(*[encoder_outputs[0], None, *encoder_outputs[1:3]])
+        enc_states = encoder_outputs[0] if isinstance(encoder_outputs, tuple) else encoder_outputs.last_hidden_state
+        if self.enc_to_dec_proj is not None:
+            enc_states = self.enc_to_dec_proj(enc_states)
+
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if decoder_attention_mask is None:
+                decoder_attention_mask = default_decoder_attention_mask(decoder_input_ids, self.config.pad_token_id)
+        dec = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, encoder_hidden_states=enc_states,
+            encoder_attention_mask=attention_mask, inputs_embeds=decoder_inputs_embeds,
+            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, **dec_kw,
+        )
+        loss = None
+        if labels is not None:
+            logits = dec.logits
+            if labels.shape != logits.shape[:2]:
+                raise InputError(f"labels have shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])} (batch, decoder length)")
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        out = Seq2SeqLMOutput(
+            loss=loss,
+            logits=dec.logits,
+            past_key_values=dec.past_key_values,
+            decoder_hidden_states=dec.hidden_states,
+            decoder_attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return out if return_dict else out.to_tuple()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+        decoder_pretrained_model_name_or_path: str | os.PathLike | None = None, *model_args, **kwargs: Any,
+    ) -> EncoderDecoderModel:
+        """Warm-start: load a pretrained encoder and a pretrained decoder, add cross-attention.
+
+        ``encoder_*`` / ``decoder_*`` keyword arguments go to the two loads (config fields such
+        as ``decoder_add_cross_attention`` or hub options such as ``encoder_revision``);
+        ``encoder_model=`` / ``decoder_model=`` pass ready models. The decoder is made causal
+        with cross-attention; its cross-attention weights (and ``enc_to_dec_proj`` when widths
+        differ) are new and listed as expected in ``model.loading_report``.
+        """
+        enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", "encoder_")
+        reports = []
+        encoder = enc_kw.pop("model", None)
+        if encoder is None:
+            if encoder_pretrained_model_name_or_path is None:
+                raise InputError("from_encoder_decoder_pretrained: give an encoder path or repo id, or `encoder_model=`")
+            enc_cls = _class_for(encoder_pretrained_model_name_or_path, "encoder", enc_kw)
+            encoder, rep = enc_cls.from_pretrained(encoder_pretrained_model_name_or_path, output_loading_info=True, **enc_kw)
+            reports.append(_prefix_report(rep, "encoder."))
+        decoder = dec_kw.pop("model", None)
+        if decoder is None:
+            if decoder_pretrained_model_name_or_path is None:
+                raise InputError("from_encoder_decoder_pretrained: give a decoder path or repo id, or `decoder_model=`")
+            dec_kw.setdefault("is_decoder", True)
+            dec_kw.setdefault("add_cross_attention", True)
+            dec_cls = _class_for(decoder_pretrained_model_name_or_path, "decoder", dec_kw)
+            decoder, rep = dec_cls.from_pretrained(decoder_pretrained_model_name_or_path, output_loading_info=True, **dec_kw)
+            reports.append(_prefix_report(rep, "decoder."))
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
+        for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
+            # HF leaves these unset; taking the decoder's saves users a step when it has them
+            setattr(config, key, kwargs.get(key, None))
+        model = cls(config=config, encoder=encoder, decoder=decoder)
+        new = []
+        if model.enc_to_dec_proj is not None:
+            model.enc_to_dec_proj.reset_parameters()
+            with torch.no_grad():
+                model.enc_to_dec_proj.weight.normal_(0.0, config.decoder.initializer_range)
+                model.enc_to_dec_proj.bias.zero_()
+            new = ["enc_to_dec_proj.weight", "enc_to_dec_proj.bias"]
+        model.loading_report = LoadingReport.merge(reports, extra_new=new)
+        model.loading_report.log(logger)
+        model.train()  # HF returns the warm-started model ready for fine-tuning
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: EncoderDecoderConfig | None = None,
+                        torch_dtype: Any = None, strict: bool = False, output_loading_info: bool = False, **kwargs):
+        """Load a fine-tuned encoder-decoder checkpoint (a local folder or a Hub repo id)."""
+        return super().from_pretrained(name_or_path, *model_args, config=config, torch_dtype=torch_dtype,
+                                       strict=strict, output_loading_info=output_loading_info, **kwargs)
+
+
+def _class_for(path, role: str, kw: dict) -> type:
+    """The backend class for the checkpoint at ``path`` in ``role`` (HF's Auto* classes)."""
+    from encdec_core.configs import load_config
+    from encdec_pt.modeling_utils import HUB_KWARGS
+
+    hub = {k: kw[k] for k in HUB_KWARGS if k in kw}
+    config: PretrainedConfig = kw.get("config") or load_config(resolve_checkpoint(path, **hub))
+    return model_class("pt", config, role)
+
+
+def _prefix_report(report: LoadingReport, prefix: str) -> LoadingReport:
+    return report.prefixed(prefix)
+
+
+__all__ = ["EncoderDecoderModel", "load_weights"]

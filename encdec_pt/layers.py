@@ -1,0 +1,284 @@
+"""The PyTorch building blocks: one attention module, one block, embeddings, masks.
+
+Module and attribute names copy HF's ``state_dict`` names (``attention.self.query``,
+``attn.c_attn``, ``LayerNorm``) so the PyTorch column of the core weight tables is the
+identity. BERT and GPT-2 differ only by flags: the parameter layout of the projections
+(separate ``query``/``key``/``value`` linears vs GPT-2's fused ``Conv1D``) and the place of
+the LayerNorm (after the residual sum in BERT, before the sublayer in GPT-2).
+
+Shapes: B batch, T query length, S key length (source or cache + new), D model width,
+H heads, K head width (D / H), I feed-forward width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encdec_core.configs import ACTIVATIONS, GPT2Config, PretrainedConfig
+
+
+def activation(name: str):
+    """HF activation name -> function: exact (erf) GELU or its tanh approximation."""
+    kind = ACTIVATIONS[name]
+    return (lambda x: F.gelu(x)) if kind == "erf" else (lambda x: F.gelu(x, approximate="tanh"))
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: weight stored (in, out), so y = x @ W + b (not W.T as nn.Linear)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+def layer_norm_eps(config: PretrainedConfig) -> float:
+    return config.layer_norm_epsilon if isinstance(config, GPT2Config) else config.layer_norm_eps
+
+
+def dropouts(config: PretrainedConfig) -> tuple[float, float]:
+    """(hidden dropout, attention-probability dropout)."""
+    if isinstance(config, GPT2Config):
+        return config.resid_pdrop, config.attn_pdrop
+    return config.hidden_dropout_prob, config.attention_probs_dropout_prob
+
+
+def attend(q, k, v, mask, *, scale: float, dropout: float, need_weights: bool):
+    """Scaled dot-product attention. q (B,H,T,K), k/v (B,H,S,K), mask additive (B,1,T|1,S)."""
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale), None
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B,H,T,S)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)
+    ctx = torch.matmul(F.dropout(probs, dropout, training=dropout > 0), v)
+    return ctx, probs
+
+
+class Attention(nn.Module):
+    """Multi-head attention, self or cross, with HF's BERT or GPT-2 parameter layout.
+
+    BERT layout: ``query``, ``key``, ``value`` linears; the output projection lives in the
+    sublayer's ``output`` (see :class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for
+    self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
+    ``past`` is this layer's cached (k, v): appended to for self-attention, reused as is for
+    cross-attention (computed once per generation).
+    """
+
+    def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0):
+        super().__init__()
+        d, h = config.hidden_size, config.num_attention_heads
+        kv_in = (config.cross_attention_hidden_size or d) if cross else d
+        self.n_heads, self.head_dim, self.gpt2, self.cross = h, d // h, gpt2, cross
+        self.attn_dropout = dropouts(config)[1]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if gpt2:
+            scale = scale if config.scale_attn_weights else 1.0
+            if config.scale_attn_by_inverse_layer_idx:
+                scale /= layer_idx + 1
+            if cross:
+                self.q_attn = Conv1D(d, d)
+                self.c_attn = Conv1D(kv_in, 2 * d)
+            else:
+                self.c_attn = Conv1D(d, 3 * d)
+            self.c_proj = Conv1D(d, d)
+            self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        else:
+            self.query = nn.Linear(d, d)
+            self.key = nn.Linear(kv_in, d)
+            self.value = nn.Linear(kv_in, d)
+        self.scale = scale
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,K)
+
+    def _project(self, x: torch.Tensor, kv: torch.Tensor | None):
+        """q from x; k, v from kv (cross) or x (self); kv None means: use the cache."""
+        if self.gpt2 and not self.cross:
+            q, k, v = self.c_attn(x).split(self.n_heads * self.head_dim, dim=-1)
+            return q, k, v
+        q = self.q_attn(x) if self.gpt2 else self.query(x)
+        if kv is None:
+            return q, None, None
+        if self.gpt2:
+            k, v = self.c_attn(kv).split(self.n_heads * self.head_dim, dim=-1)
+        else:
+            k, v = self.key(kv), self.value(kv)
+        return q, k, v
+
+    def forward(self, x, mask=None, *, kv=None, past=None, use_cache=False, need_weights=False):
+        """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None)."""
+        cached_cross = self.cross and past is not None
+        q, k, v = self._project(x, None if cached_cross else (kv if self.cross else x))
+        q = self._split(q)
+        if cached_cross:
+            k, v = past
+        else:
+            k, v = self._split(k), self._split(v)
+            if past is not None:  # self-attention cache: append this step's keys/values
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        p = self.attn_dropout if self.training else 0.0
+        ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=p, need_weights=need_weights)
+        ctx = ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B,T,D)
+        if self.gpt2:
+            ctx = self.resid_dropout(self.c_proj(ctx))
+        return ctx, ((k, v) if use_cache else None), probs
+
+
+class AddNorm(nn.Module):
+    """BERT's ``output`` sublayer: LayerNorm(dropout(dense(x)) + residual)."""
+
+    def __init__(self, config: PretrainedConfig, n_in: int):
+        super().__init__()
+        self.dense = nn.Linear(n_in, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=layer_norm_eps(config))
+        self.dropout = nn.Dropout(dropouts(config)[0])
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class AttentionSublayer(nn.Module):
+    """BERT's ``attention`` / ``crossattention``: ``self`` (the heads) and ``output`` (AddNorm)."""
+
+    def __init__(self, config: PretrainedConfig, *, cross: bool):
+        super().__init__()
+        self.self = Attention(config, gpt2=False, cross=cross)
+        self.output = AddNorm(config, config.hidden_size)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: BERT's ``intermediate.dense`` (the output half is an AddNorm) or GPT-2's ``mlp``."""
+
+    def __init__(self, config: PretrainedConfig, *, gpt2: bool):
+        super().__init__()
+        d, i = config.hidden_size, config.intermediate_size
+        self.gpt2 = gpt2
+        if gpt2:
+            self.c_fc, self.c_proj = Conv1D(d, i), Conv1D(i, d)
+            self.dropout = nn.Dropout(config.resid_pdrop)
+            self.act = activation(config.activation_function)
+        else:
+            self.dense = nn.Linear(d, i)
+            self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gpt2:
+            return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.act(self.dense(x))  # (B,T,I)
+
+
+class Block(nn.Module):
+    """One transformer layer: self-attention, optional cross-attention, feed-forward.
+
+    ``gpt2=False``: BERT post-LN (``x = LN(x + f(x))``); ``gpt2=True``: GPT-2 pre-LN
+    (``x = x + f(LN(x))``). Cross-attention exists when the config has ``add_cross_attention``.
+    """
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool):
+        super().__init__()
+        self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
+        eps = layer_norm_eps(config)
+        if gpt2:
+            self.ln_1 = nn.LayerNorm(config.hidden_size, eps=eps)
+            self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx)
+            if self.has_cross:
+                self.crossattention = Attention(config, gpt2=True, cross=True, layer_idx=layer_idx)
+                self.ln_cross_attn = nn.LayerNorm(config.hidden_size, eps=eps)
+            self.ln_2 = nn.LayerNorm(config.hidden_size, eps=eps)
+            self.mlp = FeedForward(config, gpt2=True)
+        else:
+            self.attention = AttentionSublayer(config, cross=False)
+            if self.has_cross:
+                self.crossattention = AttentionSublayer(config, cross=True)
+            self.intermediate = FeedForward(config, gpt2=False)
+            self.output = AddNorm(config, config.intermediate_size)
+
+    def _sublayer(self, x, norm, attn, out, **kw):
+        """Run one attention sublayer in this block's LayerNorm order."""
+        if self.gpt2:
+            ctx, present, probs = attn(norm(x), **kw)
+            return x + ctx, present, probs
+        ctx, present, probs = attn(x, **kw)
+        return out(ctx, x), present, probs
+
+    def forward(self, x, mask=None, enc=None, enc_mask=None, past=None, use_cache=False, need_weights=False):
+        """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs)."""
+        g = self.gpt2
+        kw = dict(use_cache=use_cache, need_weights=need_weights)
+        self_attn = self.attn if g else self.attention.self
+        x, present, p_self = self._sublayer(
+            x, getattr(self, "ln_1", None), self_attn, None if g else self.attention.output,
+            mask=mask, past=None if past is None else past[:2], **kw,
+        )
+        p_cross = None
+        if self.has_cross and enc is not None:
+            cross = self.crossattention if g else self.crossattention.self
+            x, present_x, p_cross = self._sublayer(
+                x, getattr(self, "ln_cross_attn", None), cross, None if g else self.crossattention.output,
+                mask=enc_mask, kv=enc, past=None if past is None or len(past) < 4 else past[2:], **kw,
+            )
+            present = present + present_x if use_cache else None
+        x = x + self.mlp(self.ln_2(x)) if g else self.output(self.intermediate(x), x)
+        return x, present, p_self, p_cross
+
+
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean/0-1 mask of positions to attend to -> additive mask (0 or the dtype's minimum).
+
+    The minimum (not -inf) keeps an all-padding row finite: softmax over it is uniform, not NaN.
+    """
+    return (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
+
+
+def self_attention_mask(attention_mask, batch: int, t: int, past: int, *, causal: bool, dtype, device):
+    """(B, T+past) padding mask and causality -> additive (B,1,T,T+past) mask, or None if nothing is masked."""
+    keep = None
+    if attention_mask is not None:
+        keep = attention_mask[:, None, None, :].bool()  # (B,1,1,S)
+    if causal:
+        s = past + t
+        tri = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=past)[None, None]  # (1,1,T,S)
+        keep = tri if keep is None else keep & tri
+    return None if keep is None else additive_mask(keep, dtype)
+
+
+def cross_attention_mask(encoder_attention_mask, dtype):
+    """(B, S) encoder padding mask -> additive (B,1,1,S), or None."""
+    if encoder_attention_mask is None:
+        return None
+    return additive_mask(encoder_attention_mask[:, None, None, :], dtype)
+
+
+def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, use_cache, output_attentions,
+               output_hidden_states, checkpointing: bool):
+    """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
+    hidden, attns, cross_attns, presents = [], [], [], []
+    for i, block in enumerate(blocks):
+        if output_hidden_states:
+            hidden.append(x)
+        past = None if past_key_values is None else past_key_values[i]
+        if checkpointing:
+            out = torch.utils.checkpoint.checkpoint(
+                block, x, mask, enc, enc_mask, past, use_cache, output_attentions, use_reentrant=False
+            )
+        else:
+            out = block(x, mask, enc, enc_mask, past, use_cache, output_attentions)
+        x, present, p_self, p_cross = out
+        presents.append(present)
+        attns.append(p_self)
+        cross_attns.append(p_cross)
+    return x, {
+        "hidden_states": hidden,
+        "past_key_values": tuple(presents) if use_cache else None,
+        "attentions": tuple(attns) if output_attentions else None,
+        "cross_attentions": tuple(cross_attns) if output_attentions and enc is not None else None,
+    }

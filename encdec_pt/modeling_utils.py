@@ -1,0 +1,299 @@
+"""Loading, saving and initialising PyTorch models through the core tables.
+
+Loading never random-initialises a weight that the checkpoint then overwrites: the model is
+built on the ``meta`` device (shapes only), filled with the checkpoint's tensors read from
+the memory-mapped safetensors file, and only the weights the checkpoint lacks (new
+cross-attention, a projection) are materialised and initialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from encdec_core import checkpoint as ckpt_io
+from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.hub import resolve_checkpoint
+from encdec_core.loading import plan_load
+from encdec_core.report import LoadingReport
+from encdec_core.tables import Param, Tie, model_table, model_ties
+
+logger = logging.getLogger("encdec")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
+HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
+
+
+def check_ids(config: PretrainedConfig, ids: torch.Tensor | None, name: str) -> None:
+    """Token ids must be in [0, vocab_size): an out-of-range id would index garbage or crash deep inside."""
+    if ids is None:
+        return
+    if ids.dtype.is_floating_point:
+        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise InputError(f"{name} holds token id {bad}, expected ids in [0, {config.vocab_size}) (vocab_size)")
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in _DTYPES:
+        return _DTYPES[dtype.replace("torch.", "")]
+    raise InputError(f"torch_dtype expected one of {sorted(_DTYPES)}, 'auto' or a torch.dtype, got {dtype!r}")
+
+
+def to_raw(t: torch.Tensor) -> ckpt_io.RawTensor:
+    """A CPU tensor as a safetensors record, bf16 included (numpy cannot hold bf16)."""
+    t = t.detach().to("cpu").contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    return ckpt_io.RawTensor(_ST_CODES[t.dtype], tuple(t.shape), memoryview(data) if len(data) else b"")
+
+
+class PreTrainedModel(nn.Module):
+    """Base of every encdec PyTorch model: config, weight table, ties, load and save."""
+
+    config_class: type[PretrainedConfig] = PretrainedConfig
+    role = "encoder"  # encoder | decoder: which table describes the stored weights
+    base_model_prefix = ""
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} expected a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ tables and ties
+    def weight_table(self) -> list[Param]:
+        """The stored weights of this model (canonical names), from the core tables."""
+        return model_table(self.config, self.role, add_pooling_layer=getattr(self, "pooler", None) is not None)
+
+    def weight_ties(self) -> list[Tie]:
+        return model_ties(self.config, self.role)
+
+    def tie_weights(self) -> None:
+        """Make each tied weight the same Parameter as its source."""
+        for tie in self.weight_ties():
+            owner, leaf = _owner(self, tie.pt)
+            setattr(owner, leaf, self.get_parameter(tie.source))
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(self, names: list[str] | None = None) -> None:
+        """HF's init: normal(0, initializer_range) matrices and embeddings, zero biases, unit LayerNorm."""
+        std = self.init_std()
+        params = dict(self.named_parameters(remove_duplicate=False))
+        for name in names if names is not None else list(params):
+            p = params[name]
+            owner, leaf = _owner(self, name)
+            if isinstance(owner, nn.LayerNorm):
+                p.fill_(1.0 if leaf == "weight" else 0.0)
+            elif leaf == "bias" or p.ndim == 1:
+                p.zero_()
+            else:
+                p.normal_(0.0, std)
+                if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
+                    p[owner.padding_idx].zero_()
+
+    def init_std(self) -> float:
+        return self.config.initializer_range
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs):
+        model = cls(config, **kwargs)
+        model.init_weights()
+        model.tie_weights()
+        return model
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def gradient_checkpointing_enable(self) -> None:
+        for m in self.modules():
+            if isinstance(m, PreTrainedModel):
+                m.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for m in self.modules():
+            if isinstance(m, PreTrainedModel):
+                m.gradient_checkpointing = False
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
+                        torch_dtype: Any = None, strict: bool = False, output_loading_info: bool = False,
+                        **kwargs):
+        """Load from a local folder or a Hub repo id (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
+
+        Other keyword arguments set config fields (``is_decoder=True``, ``add_cross_attention=True``).
+        ``strict=True`` raises one error listing every missing or unexpected key.
+        """
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        folder = resolve_checkpoint(name_or_path, **hub)
+        if config is None:
+            config = load_config(folder)
+        config = _with_overrides(config, kwargs)
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(
+                f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
+                f"{cls.__name__} (expects {cls.config_class.model_type!r})"
+            )
+        with torch.device("meta"):
+            model = cls(config, *model_args)
+        report = load_weights(model, folder, dtype=resolve_dtype(torch_dtype))
+        report.raise_if(strict)
+        report.log(logger)
+        model.eval()
+        return (model, report) if output_loading_info else model
+
+    # ------------------------------------------------------------------ saving
+    def state_dict_to_save(self) -> dict[str, torch.Tensor]:
+        """The stored weights (tied duplicates left out), by canonical name."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        return {p.pt: params[p.pt] for p in self.weight_table()}
+
+    def config_to_save(self) -> dict:
+        cfg = self.config.to_dict()
+        cfg["architectures"] = [type(self).__name__]
+        return cfg
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None,
+                        torch_dtype: Any = None, safe_serialization: bool = True) -> Path:
+        """Write config.json, generation_config.json (if any) and model.safetensors atomically.
+
+        ``torch_dtype`` casts floating weights on the way out (e.g. ``torch.bfloat16``);
+        ``max_shard_size`` ("200MB", bytes) writes shards plus ``model.safetensors.index.json``.
+        """
+        dtype = resolve_dtype(torch_dtype)
+        tensors = {}
+        for name, t in self.state_dict_to_save().items():
+            if isinstance(dtype, torch.dtype) and t.is_floating_point():
+                t = t.to(dtype)
+            tensors[name] = t
+        cfg = self.config_to_save()
+        some = next(iter(tensors.values()))
+        cfg["dtype"] = str(some.dtype).replace("torch.", "")
+        folder = Path(save_directory)
+        with ckpt_io.atomic_write_dir(folder) as tmp:
+            ckpt_io.write_json(tmp / ckpt_io.CONFIG_NAME, cfg)
+            gen = self.generation_config_to_save()
+            if gen:
+                ckpt_io.write_json(tmp / ckpt_io.GENERATION_CONFIG_NAME, gen)
+            if safe_serialization:
+                ckpt_io.save_safetensors({k: to_raw(v) for k, v in tensors.items()}, tmp,
+                                         max_shard_size=max_shard_size, metadata={"format": "pt"})
+            else:
+                from conversion.pt_bin import write_pytorch_bin
+
+                write_pytorch_bin({k: v.detach().cpu() for k, v in tensors.items()}, tmp, max_shard_size=max_shard_size)
+        return folder
+
+    def generation_config_to_save(self) -> dict | None:
+        return None
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (root.get_submodule(path) if path else root), leaf
+
+
+def _with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
+    if not overrides:
+        return config
+    config = config.copy()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    try:
+        config.__post_init__()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
+    return config
+
+
+@contextlib.contextmanager
+def open_state(folder: Path):
+    """Yield (shapes, get) over the weights in ``folder``: safetensors (lazy, mmap) or pytorch_model.bin."""
+    has_st = (folder / ckpt_io.SAFE_WEIGHTS_NAME).exists() or (folder / ckpt_io.SAFE_WEIGHTS_INDEX_NAME).exists()
+    if has_st:
+        reader = ckpt_io.CheckpointReader(folder)
+        try:
+            if reader.metadata and reader.metadata.get("format", "pt") != "pt":
+                raise CheckpointError(
+                    f"{folder}: model.safetensors holds {reader.metadata.get('format')!r}-format weights; "
+                    "PyTorch reads the canonical 'pt' format (convert it with `encdec convert`)"
+                )
+            shapes = {k: tuple(reader.shape(k)) for k in reader.keys()}
+            yield shapes, (lambda k: reader.get(k, framework="pt"))
+        finally:
+            reader.close()
+        return
+    if (folder / ckpt_io.PT_WEIGHTS_NAME).exists() or (folder / ckpt_io.PT_WEIGHTS_INDEX_NAME).exists():
+        from conversion.pt_bin import read_pytorch_bin
+
+        state = read_pytorch_bin(folder)
+        yield {k: tuple(v.shape) for k, v in state.items()}, state.__getitem__
+        return
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise CheckpointError(
+        f"{folder}: no PyTorch weights found; expected {ckpt_io.SAFE_WEIGHTS_NAME}, "
+        f"{ckpt_io.SAFE_WEIGHTS_INDEX_NAME} or {ckpt_io.PT_WEIGHTS_NAME}; the folder holds {present}"
+    )
+
+
+@torch.no_grad()
+def load_weights(model: PreTrainedModel, folder: Path, *, dtype=None, params: list[Param] | None = None,
+                 ties: list[Tie] | None = None, base_prefix: str | None = None) -> LoadingReport:
+    """Fill a (meta-device) model from ``folder``; initialise what the checkpoint lacks."""
+    params = model.weight_table() if params is None else params
+    ties = model.weight_ties() if ties is None else ties
+    prefix = model.base_model_prefix if base_prefix is None else base_prefix
+    model_params = dict(model.named_parameters(remove_duplicate=False))
+    with open_state(folder) as (shapes, get):
+        plan = plan_load(params, shapes, {p.pt: tuple(model_params[p.pt].shape) for p in params},
+                         ties=ties, base_prefix=prefix, source=str(folder))
+        if plan.report.mismatched:
+            plan.report.raise_if(True)
+        casts = set()
+        state = {}
+        for name, key in plan.sources.items():
+            t = get(key)
+            target = dtype if isinstance(dtype, torch.dtype) else (t.dtype if dtype == "auto" else torch.float32)
+            if t.is_floating_point() and t.dtype != target:
+                casts.add(f"{t.dtype}->{target}")
+                t = t.to(target)
+            state[name] = t
+    if casts:
+        logger.info("%s: weights cast %s on load", folder, ", ".join(sorted(casts)))
+    fill_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    for name in plan.init:
+        state[name] = torch.empty(model_params[name].shape, dtype=fill_dtype)
+    _assign(model, state)
+    model.init_weights(plan.init)
+    _tie_all(model, ties)
+    return plan.report
+
+
+def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        owner, leaf = _owner(model, name)
+        old = getattr(owner, leaf)
+        setattr(owner, leaf, nn.Parameter(tensor, requires_grad=old.requires_grad))
+
+
+def _tie_all(model: nn.Module, ties: list[Tie]) -> None:
+    for tie in ties:
+        owner, leaf = _owner(model, tie.pt)
+        setattr(owner, leaf, model.get_parameter(tie.source))

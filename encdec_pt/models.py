@@ -1,0 +1,326 @@
+"""BERT, RoBERTa and GPT-2 in PyTorch: encoders and causal LMs with optional cross-attention.
+
+RoBERTa is BERT with another config class and its position-id rule; the causal LMs are a
+base model plus an LM head whose output matrix is tied to the input embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encdec_core.configs import BertConfig, GPT2Config, RobertaConfig
+from encdec_core.outputs import BaseModelOutput, CausalLMOutput
+from encdec_core.registry import register_model
+from encdec_pt.layers import (
+    Block,
+    activation,
+    cross_attention_mask,
+    layer_norm_eps,
+    run_blocks,
+    self_attention_mask,
+)
+from encdec_pt.modeling_utils import PreTrainedModel, check_ids
+
+
+def roberta_position_ids(input_ids: torch.Tensor, padding_idx: int, past: int = 0) -> torch.Tensor:
+    """RoBERTa's positions: count real tokens from ``padding_idx + 1``; padding keeps ``padding_idx``."""
+    keep = input_ids.ne(padding_idx).long()
+    return (torch.cumsum(keep, dim=1) + past) * keep + padding_idx
+
+
+class Embeddings(nn.Module):
+    """BERT/RoBERTa input embeddings: word + position + token type, then LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.roberta = isinstance(config, RobertaConfig)
+        pad = config.pad_token_id
+        self.padding_idx = pad
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=pad)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=pad if self.roberta else None
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, past: int = 0):
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
+        b, t = x.shape[:2]
+        if position_ids is None:
+            if self.roberta and input_ids is not None:
+                position_ids = roberta_position_ids(input_ids, self.padding_idx, past)
+            else:  # RoBERTa from embeddings: sequential after padding_idx, as HF
+                start = past + (self.padding_idx + 1 if self.roberta else 0)
+                position_ids = torch.arange(start, start + t, device=x.device)[None]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((b, t), dtype=torch.long, device=x.device)
+        x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class Encoder(nn.Module):
+    """BERT's layer stack (``encoder.layer.{i}``)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Block(config, i, gpt2=False) for i in range(config.num_hidden_layers))
+
+
+class Pooler(nn.Module):
+    """tanh(dense(first token)): BERT's sentence vector; unused by seq2seq but kept lossless."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0]))
+
+
+def _past_length(past_key_values) -> int:
+    return 0 if past_key_values is None else past_key_values[0][0].shape[2]
+
+
+def _base_outputs(x, extra, pooled=None) -> BaseModelOutput:
+    hidden = tuple(extra["hidden_states"]) if extra["hidden_states"] else None
+    return BaseModelOutput(
+        last_hidden_state=x,
+        pooler_output=pooled,
+        hidden_states=hidden,
+        past_key_values=extra["past_key_values"],
+        attentions=extra["attentions"],
+        cross_attentions=extra["cross_attentions"],
+    )
+
+
+@register_model("pt", "bert", "encoder")
+class BertModel(PreTrainedModel):
+    """BERT encoder, or a decoder's base when ``is_decoder`` (causal) / ``add_cross_attention``."""
+
+    config_class = BertConfig
+    role = "encoder"
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config) if add_pooling_layer else None
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+        encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
+        output_attentions=False, output_hidden_states=False, return_dict=True,
+    ):
+        check_ids(self.config, input_ids, "input_ids")
+        causal = self.config.is_decoder
+        use_cache = bool(use_cache if use_cache is not None else self.config.use_cache) and causal
+        past = _past_length(past_key_values)
+        x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds, past)
+        b, t = x.shape[:2]
+        mask = self_attention_mask(attention_mask, b, t, past, causal=causal, dtype=x.dtype, device=x.device)
+        if encoder_hidden_states is not None and encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
+        x, extra = run_blocks(
+            self.encoder.layer, x, mask=mask, enc=encoder_hidden_states,
+            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype), past_key_values=past_key_values,
+            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            checkpointing=self.gradient_checkpointing and self.training,
+        )
+        if output_hidden_states:
+            extra["hidden_states"].append(x)
+        out = _base_outputs(x, extra, self.pooler(x) if self.pooler is not None else None)
+        return out if return_dict else out.to_tuple()
+
+
+@register_model("pt", "roberta", "encoder")
+class RobertaModel(BertModel):
+    """RoBERTa: BERT with positions counted over real tokens (see :func:`roberta_position_ids`)."""
+
+    config_class = RobertaConfig
+
+
+class LMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> vocabulary projection (tied to the embeddings).
+
+    BERT nests it as ``cls.predictions.{transform.dense, transform.LayerNorm, decoder, bias}``,
+    RoBERTa flat as ``lm_head.{dense, layer_norm, decoder, bias}``: same math, HF's names.
+    """
+
+    def __init__(self, config: BertConfig, *, bert_names: bool):
+        super().__init__()
+        d, eps = config.hidden_size, config.layer_norm_eps
+        self.bert_names = bert_names
+        if bert_names:
+            self.transform = nn.Module()
+            self.transform.dense = nn.Linear(d, d)
+            self.transform.LayerNorm = nn.LayerNorm(d, eps=eps)
+            self.act = activation(config.hidden_act)
+        else:
+            self.dense = nn.Linear(d, d)
+            self.layer_norm = nn.LayerNorm(d, eps=eps)
+            self.act = activation("gelu")  # RoBERTa's head always uses exact GELU
+        self.decoder = nn.Linear(d, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias  # one output bias, as HF
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bert_names:
+            x = self.transform.LayerNorm(self.act(self.transform.dense(x)))
+        else:
+            x = self.layer_norm(self.act(self.dense(x)))
+        return self.decoder(x)  # (B,T,V)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of a standalone LM: position t predicts label t+1; -100 ignored."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+class CausalLM(PreTrainedModel):
+    """A base model under ``base_model_prefix`` plus an LM head: the decoder of a seq2seq model."""
+
+    role = "decoder"
+
+    def _base(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self._base().get_input_embeddings()
+
+    def forward(
+        self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+        past_key_values=None, use_cache=None, output_attentions=False, output_hidden_states=False,
+        labels=None, return_dict=True, position_ids=None, inputs_embeds=None, token_type_ids=None,
+    ):
+        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        base = self._base()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kw,
+        )
+        logits = self.head_logits(base.last_hidden_state)
+        out = CausalLMOutput(
+            loss=None if labels is None else causal_lm_loss(logits, labels),
+            logits=logits,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+            cross_attentions=base.cross_attentions,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+@register_model("pt", "bert", "decoder")
+class BertLMHeadModel(CausalLM):
+    config_class = BertConfig
+    base_model_prefix = "bert"
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = nn.Module()
+        self.cls.predictions = LMHead(config, bert_names=True)
+        self.tie_weights()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls.predictions(x)
+
+
+@register_model("pt", "roberta", "decoder")
+class RobertaForCausalLM(CausalLM):
+    config_class = RobertaConfig
+    base_model_prefix = "roberta"
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.lm_head = LMHead(config, bert_names=False)
+        self.tie_weights()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(x)
+
+
+@register_model("pt", "gpt2", "encoder")
+class GPT2Model(PreTrainedModel):
+    """GPT-2's transformer: token + position embeddings, pre-LN blocks, final LayerNorm."""
+
+    config_class = GPT2Config
+    role = "encoder"
+
+    def __init__(self, config: GPT2Config):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config, i, gpt2=True) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=layer_norm_eps(config))
+        self.pooler = None
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+        encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
+        output_attentions=False, output_hidden_states=False, return_dict=True,
+    ):
+        check_ids(self.config, input_ids, "input_ids")
+        use_cache = bool(use_cache if use_cache is not None else self.config.use_cache)
+        past = _past_length(past_key_values)
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
+        b, t = x.shape[:2]
+        if position_ids is None:  # GPT-2 counts positions regardless of padding
+            position_ids = torch.arange(past, past + t, device=x.device)[None]
+        x = x + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x)
+        mask = self_attention_mask(attention_mask, b, t, past, causal=True, dtype=x.dtype, device=x.device)
+        if encoder_hidden_states is not None and encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
+        x, extra = run_blocks(
+            self.h, x, mask=mask, enc=encoder_hidden_states,
+            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype), past_key_values=past_key_values,
+            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            checkpointing=self.gradient_checkpointing and self.training,
+        )
+        x = self.ln_f(x)
+        if output_hidden_states:
+            extra["hidden_states"].append(x)  # HF's last entry is after ln_f
+        out = _base_outputs(x, extra)
+        return out if return_dict else out.to_tuple()
+
+
+@register_model("pt", "gpt2", "decoder")
+class GPT2LMHeadModel(CausalLM):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: GPT2Config):
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(x)
+
