@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import stat
 import struct
 import sys
@@ -309,7 +310,7 @@ class CheckpointReader:
         self.source = path
         self._index: ShardIndex | None = None
         self._handles: dict[tuple[str, str], Any] = {}
-        self._checked: set[str] = set()
+        self._headers: dict[str, tuple[int, dict[str, Any]]] = {}  # for get_raw
         if path.is_file():
             self._files = {path.name: path}
         elif (path / SAFE_WEIGHTS_NAME).is_file():  # Transformers prefers the single file too
@@ -330,17 +331,19 @@ class CheckpointReader:
     # -- handles
     def _handle(self, shard: str, framework: str) -> Any:
         handle = self._handles.get((shard, framework))
-        if handle is None:
-            path = self._files[shard]
-            try:
-                handle = safe_open(str(path), framework=framework)
-            except (SafetensorError, OSError, ValueError) as e:
-                raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
-            self._handles[(shard, framework)] = handle
-            if shard not in self._checked:
-                if self._index is not None:
-                    self._index.check_shard(shard, set(handle.keys()))
-                self._checked.add(shard)
+        if handle is not None:
+            return handle
+        path = self._files[shard]
+        if framework != "np":
+            self._handle(shard, "np")  # validate the file first, so errors below are the framework's
+        try:
+            handle = safe_open(str(path), framework=framework)
+        except (SafetensorError, OSError, ValueError) as e:
+            what = "not a readable safetensors file" if framework == "np" else f"cannot open it for {framework=}"
+            raise CheckpointError(f"{path}: {what}: {e}") from e
+        self._handles[(shard, framework)] = handle
+        if framework == "np" and self._index is not None:
+            self._index.check_shard(shard, set(handle.keys()))
         return handle
 
     def _map(self) -> dict[str, str]:
@@ -397,8 +400,10 @@ class CheckpointReader:
     def get_raw(self, key: str) -> RawTensor:
         """Tensor ``key`` as bytes + dtype code, for any dtype and no framework."""
         shard = self._shard_of(key)
-        self._handle(shard, "np")  # lets safetensors validate the file first
-        start, header = _read_header(self._files[shard])
+        if shard not in self._headers:
+            self._handle(shard, "np")  # lets safetensors validate the file first
+            self._headers[shard] = _read_header(self._files[shard])
+        start, header = self._headers[shard]
         info = header[key]
         begin, end = info["data_offsets"]
         with open(self._files[shard], "rb") as f:
@@ -416,6 +421,7 @@ class CheckpointReader:
         for handle in self._handles.values():
             handle.__exit__(None, None, None)
         self._handles.clear()
+        self._headers.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self
@@ -593,11 +599,14 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+_STALE_TEMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # left by a killed atomic_output
+
+
 def _carry_over(old: Path, new: Path) -> None:
     """Bring the user's files (tokenizer, README, ...) from ``old`` into ``new``."""
     for entry in os.scandir(old):
         dst = new / entry.name
-        if os.path.lexists(dst) or _is_weight_file(entry.name):
+        if os.path.lexists(dst) or _is_weight_file(entry.name) or _STALE_TEMP.fullmatch(entry.name):
             continue
         if entry.is_symlink():
             os.symlink(os.readlink(entry.path), dst)
@@ -636,6 +645,28 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# Temporary folders carry host and pid, so a later save can tell a killed save's leftovers
+# (possibly a whole old checkpoint, left by a kill just after the exchange) from a live one.
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _remove_dead_temps(folder: Path) -> None:
+    """Delete temporary folders of saves into ``folder`` whose process died on this host."""
+    if os.name == "nt":  # os.kill(pid, 0) is not a liveness probe on Windows
+        return
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.tmp-{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}")
+    for entry in os.scandir(folder.parent):
+        m = pattern.fullmatch(entry.name)
+        if not m or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass  # alive under another user, or unknowable: leave it
+
+
 @contextlib.contextmanager
 def atomic_write_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh folder to write a checkpoint into; on success it replaces ``folder``.
@@ -654,18 +685,25 @@ def atomic_write_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
         raise CheckpointError(f"{folder}: exists and is not a folder; cannot save a checkpoint there")
     folder.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_dead_temps(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.mkdir(tmp, 0o777)  # honours the umask, unlike mkdtemp's 0o700
     try:
         if folder.is_dir():
             os.chmod(tmp, stat.S_IMODE(folder.stat().st_mode))
         yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         if folder.is_dir():
             _carry_over(folder, tmp)
         _fsync_tree(tmp)
         _swap_in(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+            raise CheckpointError(f"{folder}: saving failed, the previous checkpoint is kept: {e}") from e
         raise
 
 

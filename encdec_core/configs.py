@@ -132,16 +132,30 @@ class PretrainedConfig:
                 continue
             (known if key in names else extra)[key] = copy.deepcopy(value)
         try:
-            return cls(**known, extra=extra)
+            cfg = cls(**known, extra=extra)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        cfg._source_keys = set(data)
+        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        """The ``config.json`` dict: every field, then the unknown keys, as HF writes them."""
+    def to_dict(self, *, nested: bool = False) -> dict[str, Any]:
+        """The ``config.json`` dict as HF writes it, then the unknown keys.
+
+        Like HF, an architecture's own fields are always written, while a field every config
+        shares is written only when it differs from the shared default (standalone) or from
+        the class's default (nested in an encoder-decoder config), or when the file we read
+        had it; so a file read and written again comes out key for key the same.
+        """
         out: dict[str, Any] = {}
+        read = self.__dict__.get("_source_keys", set())
         for f in dataclasses.fields(self):
-            if f.name != "extra":
-                out[f.name] = copy.deepcopy(getattr(self, f.name))
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            shared = f.name in _SHARED_DEFAULTS
+            default = f.default if nested else _SHARED_DEFAULTS.get(f.name)
+            if not shared or f.name in read or value != default:
+                out[f.name] = copy.deepcopy(value)
         out.update(copy.deepcopy(self.extra))
         out["model_type"] = self.model_type
         return out
@@ -174,6 +188,11 @@ class PretrainedConfig:
         for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{self._owner()}: field '{name}' must be positive, got {getattr(self, name)}")
+
+
+# Defaults of the fields every config shares (HF's PretrainedConfig); see to_dict.
+_SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainedConfig) if f.name != "extra"}
+_SHARED_DEFAULTS["vocab_size"] = None  # only EncoderDecoderConfig has it as a shared-style field
 
 
 @dataclass
@@ -363,14 +382,16 @@ class EncoderDecoderConfig(PretrainedConfig):
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in names and k != "model_type"}
         try:
-            return cls(encoder=enc, decoder=dec, **known, extra=extra)
+            cfg = cls(encoder=enc, decoder=dec, **known, extra=extra)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        cfg._source_keys = set(data) | {"encoder", "decoder"}
+        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, nested: bool = False) -> dict[str, Any]:
         out = super().to_dict()
-        out["encoder"] = self.encoder.to_dict()
-        out["decoder"] = self.decoder.to_dict()
+        out["encoder"] = self.encoder.to_dict(nested=True)
+        out["decoder"] = self.decoder.to_dict(nested=True)
         return out
 
 

@@ -108,9 +108,15 @@ def resolve_checkpoint(
     and for the legacy formats (.bin, .h5, .msgpack) only if the repo has no safetensors.
     """
     text = os.fspath(name_or_path)
+    if not text.strip():  # Path("") is ".", which would silently load the working folder
+        raise CheckpointError("name_or_path: expected a local folder or a Hub repo id, got an empty string")
     local = Path(text).expanduser()
     recover_interrupted(local)  # a save killed mid-swap leaves the old folder aside
-    if local.exists():
+    try:
+        exists = local.exists()
+    except OSError:  # e.g. a name too long for the filesystem: not a local folder
+        exists = False
+    if exists:
         if not local.is_dir():
             raise CheckpointError(
                 f"{local}: is a file; expected a checkpoint folder (config.json + weights) or a Hub repo id"
@@ -171,7 +177,7 @@ def _hub_error(
         else:
             why, fix = "the Hub could not be reached", "check the network"
         return CheckpointError(
-            f"{what} is not in the cache {cache} and downloads are off ({why}); {fix} to "
+            f"{what} is not in the cache {cache} and cannot be downloaded ({why}); {fix} to "
             "download it, fill the cache first, or pass a local folder"
         )
     # Anything else: HTTP errors (Hub down, 401), a malformed revision, a full disk.

@@ -12,8 +12,8 @@ under a prefix (``bert.embeddings.*``), and an LM checkpoint loads into a base m
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from encdec_core.report import LoadingReport
 from encdec_core.tables import Param, Tie

@@ -7,7 +7,8 @@ encoder (base model) or a causal-LM decoder for a model type, the job of HF's ``
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from encdec_core.configs import CONFIG_CLASSES, PretrainedConfig
 from encdec_core.errors import ConfigError

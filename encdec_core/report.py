@@ -128,6 +128,35 @@ class LoadingReport:
         only_shapes = not (self.missing or self.unexpected)
         raise (ShapeMismatchError if only_shapes else CheckpointError)("\n".join(lines))
 
+    def prefixed(self, prefix: str) -> LoadingReport:
+        """The same report with every model weight name placed under ``prefix``.
+
+        Checkpoint keys (``unexpected``, ``mismatched``) stay as the checkpoint spells them:
+        they name entries of ``source``, not weights of the composed model.
+        """
+        return LoadingReport(
+            missing=[prefix + k for k in self.missing],
+            unexpected=list(self.unexpected),
+            expected_new=[prefix + k for k in self.expected_new],
+            mismatched=list(self.mismatched),
+            tied=[prefix + k for k in self.tied],
+            source=self.source,
+        )
+
+    @classmethod
+    def merge(cls, reports: Iterable[LoadingReport], *, extra_new: Iterable[str] = ()) -> LoadingReport:
+        """One report of several loads (warm-starting reads two checkpoints), plus weights made new after."""
+        reports = list(reports)
+        sources = dict.fromkeys(r.source for r in reports if r.source)  # ordered, unique
+        return cls(
+            missing=[k for r in reports for k in r.missing],
+            unexpected=[k for r in reports for k in r.unexpected],
+            expected_new=[k for r in reports for k in r.expected_new] + list(extra_new),
+            mismatched=[m for r in reports for m in r.mismatched],
+            tied=[k for r in reports for k in r.tied],
+            source=" + ".join(sources),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (shapes as lists)."""
         return {
@@ -141,33 +170,3 @@ class LoadingReport:
 
 
 __all__ = ["LoadingReport", "group_names"]
-
-
-def _prefixed(self: LoadingReport, prefix: str) -> LoadingReport:
-    """The same report with every weight name (not checkpoint keys) placed under ``prefix``."""
-    return LoadingReport(
-        missing=[prefix + k for k in self.missing],
-        unexpected=list(self.unexpected),
-        expected_new=[prefix + k for k in self.expected_new],
-        mismatched=list(self.mismatched),
-        tied=[prefix + k for k in self.tied],
-        source=self.source,
-    )
-
-
-def _merge(reports: Iterable[LoadingReport], extra_new: Iterable[str] = ()) -> LoadingReport:
-    """One report of several loads (warm-starting reads two checkpoints)."""
-    reports = list(reports)
-    out = LoadingReport(source=" + ".join(r.source for r in reports if r.source))
-    for r in reports:
-        out.missing += r.missing
-        out.unexpected += r.unexpected
-        out.expected_new += r.expected_new
-        out.mismatched += r.mismatched
-        out.tied += r.tied
-    out.expected_new += list(extra_new)
-    return out
-
-
-LoadingReport.prefixed = _prefixed
-LoadingReport.merge = staticmethod(_merge)

@@ -23,8 +23,9 @@ and its TF bias is ``(1, out)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,7 +120,9 @@ def expand(rows: list[Row], n_layers: int, prefixes: tuple[str, str, str] = ("",
     for row in rows:
         layers = range(n_layers) if "{i}" in row.pt else [None]
         for i in layers:
-            fmt = (lambda s: s.replace("{i}", str(i))) if i is not None else (lambda s: s)
+            def fmt(s: str, i=i) -> str:
+                return s if i is None else s.replace("{i}", str(i))
+
             for pt_leaf, tf_leaf, fx_leaf, tf_op, fx_op in KINDS[row.kind]:
                 out.append(
                     Param(

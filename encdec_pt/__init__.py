@@ -5,6 +5,7 @@
 
 from encdec_core import BertConfig, EncoderDecoderConfig, GPT2Config, RobertaConfig
 from encdec_pt.encoder_decoder import EncoderDecoderModel
+from encdec_pt.modeling_utils import PreTrainedModel
 from encdec_pt.models import (
     BertLMHeadModel,
     BertModel,
@@ -13,7 +14,6 @@ from encdec_pt.models import (
     RobertaForCausalLM,
     RobertaModel,
 )
-from encdec_pt.modeling_utils import PreTrainedModel
 
 __all__ = [
     "EncoderDecoderModel",

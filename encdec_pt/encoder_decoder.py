@@ -31,6 +31,7 @@ from encdec_pt import models as _models  # noqa: F401  (registers the architectu
 from encdec_pt.modeling_utils import PreTrainedModel, load_weights
 
 logger = logging.getLogger("encdec")
+WRAPPER_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
 
 
 class EncoderDecoderModel(PreTrainedModel):
@@ -172,6 +173,9 @@ class EncoderDecoderModel(PreTrainedModel):
         with cross-attention; its cross-attention weights (and ``enc_to_dec_proj`` when widths
         differ) are new and listed as expected in ``model.loading_report``.
         """
+        # the wrapper's own special tokens: taken first, so "decoder_start_token_id" is not
+        # mistaken for a decoder config field "start_token_id"
+        top = {k: kwargs.pop(k) for k in WRAPPER_TOKENS if k in kwargs}
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", "encoder_")
         reports = []
         encoder = enc_kw.pop("model", None)
@@ -179,7 +183,8 @@ class EncoderDecoderModel(PreTrainedModel):
             if encoder_pretrained_model_name_or_path is None:
                 raise InputError("from_encoder_decoder_pretrained: give an encoder path or repo id, or `encoder_model=`")
             enc_cls = _class_for(encoder_pretrained_model_name_or_path, "encoder", enc_kw)
-            encoder, rep = enc_cls.from_pretrained(encoder_pretrained_model_name_or_path, output_loading_info=True, **enc_kw)
+            encoder, rep = enc_cls.from_pretrained(encoder_pretrained_model_name_or_path, output_loading_info=True,
+                                                 log_report=False, **enc_kw)
             reports.append(_prefix_report(rep, "encoder."))
         decoder = dec_kw.pop("model", None)
         if decoder is None:
@@ -188,12 +193,12 @@ class EncoderDecoderModel(PreTrainedModel):
             dec_kw.setdefault("is_decoder", True)
             dec_kw.setdefault("add_cross_attention", True)
             dec_cls = _class_for(decoder_pretrained_model_name_or_path, "decoder", dec_kw)
-            decoder, rep = dec_cls.from_pretrained(decoder_pretrained_model_name_or_path, output_loading_info=True, **dec_kw)
+            decoder, rep = dec_cls.from_pretrained(decoder_pretrained_model_name_or_path, output_loading_info=True,
+                                                 log_report=False, **dec_kw)
             reports.append(_prefix_report(rep, "decoder."))
         config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
-        for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
-            # HF leaves these unset; taking the decoder's saves users a step when it has them
-            setattr(config, key, kwargs.get(key, None))
+        for key, value in top.items():  # unset, as in HF, unless given here
+            setattr(config, key, value)
         model = cls(config=config, encoder=encoder, decoder=decoder)
         new = []
         if model.enc_to_dec_proj is not None:

@@ -135,11 +135,12 @@ class PreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
                         torch_dtype: Any = None, strict: bool = False, output_loading_info: bool = False,
-                        **kwargs):
+                        log_report: bool = True, **kwargs):
         """Load from a local folder or a Hub repo id (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
 
         Other keyword arguments set config fields (``is_decoder=True``, ``add_cross_attention=True``).
-        ``strict=True`` raises one error listing every missing or unexpected key.
+        ``strict=True`` raises one error listing every missing or unexpected key; the loading
+        report is logged as one line unless ``log_report=False``.
         """
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_checkpoint(name_or_path, **hub)
@@ -155,7 +156,8 @@ class PreTrainedModel(nn.Module):
             model = cls(config, *model_args)
         report = load_weights(model, folder, dtype=resolve_dtype(torch_dtype))
         report.raise_if(strict)
-        report.log(logger)
+        if log_report:
+            report.log(logger)
         model.eval()
         return (model, report) if output_loading_info else model
 

@@ -1,0 +1,139 @@
+"""PyTorch ``pytorch_model.bin`` checkpoints (single or sharded), read safely.
+
+A ``.bin`` is a pickle, and a pickle can run code. We load with ``weights_only=True``, so
+only tensors and plain containers come back; anything else is refused with a
+:class:`~encdec_core.errors.CheckpointError`, before any of its code runs.
+Shard indexes get the same validation (path traversal included) as safetensors ones.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from encdec_core.checkpoint import (
+    PT_WEIGHTS_INDEX_NAME,
+    PT_WEIGHTS_NAME,
+    ShardIndex,
+    atomic_output,
+    plan_shards,
+    read_index,
+    recover_interrupted,
+    remove_stale_files,
+    write_index,
+)
+from encdec_core.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    """One .bin file as a state dict; refuses pickles that hold anything but tensors."""
+    import torch
+
+    # mmap needs the zip format (torch >= 1.6); old pickles are read whole.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        # torch's message buries the reason ("Unsupported global: GLOBAL io.open ...") mid-text.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(e), re.S)
+        detail = found.group(1).strip() if found else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: the pickle holds objects other than tensors "
+            f"({detail}); pickles that would run code "
+            "are never loaded. Convert a trusted file to safetensors first."
+        ) from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {first}") from e
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(f"{path}: expected a state dict (str -> tensor), got {type(obj).__name__}")
+    return dict(obj)
+
+
+def _files(path: Path) -> tuple[dict[str, Path], ShardIndex | None]:
+    """The .bin file(s) to read at ``path`` and the shard index, if any."""
+    if path.is_file():
+        return {path.name: path}, None
+    if (path / PT_WEIGHTS_NAME).is_file():
+        return {PT_WEIGHTS_NAME: path / PT_WEIGHTS_NAME}, None
+    if (path / PT_WEIGHTS_INDEX_NAME).is_file():
+        index = read_index(path / PT_WEIGHTS_INDEX_NAME)
+        return index.files, index
+    if path.is_dir():
+        raise CheckpointError(f"{path}: no {PT_WEIGHTS_NAME} or {PT_WEIGHTS_INDEX_NAME} in this folder")
+    raise CheckpointError(f"{path}: no such checkpoint file or folder")
+
+
+def read_pytorch_bin(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """State dict of a ``.bin`` file, or of a folder with ``pytorch_model.bin`` or its shards.
+
+    Tensors are memory-mapped (zip-format files) and on CPU.
+    """
+    path = Path(path).expanduser()
+    recover_interrupted(path)
+    files, index = _files(path)
+    state: dict[str, torch.Tensor] = {}
+    owner: dict[str, Path] = {}
+    for name, file in files.items():
+        shard = _load_file(file)
+        if index is not None:
+            index.check_shard(name, set(shard))
+        if twice := sorted(set(shard) & set(owner)):
+            where = ", ".join(f"'{k}' (also in {owner[k].name})" for k in twice)
+            raise CheckpointError(f"{file}: tensors stored in two shards: {where}")
+        owner.update(dict.fromkeys(shard, file))
+        state.update(shard)
+    return state
+
+
+def _compact(torch: Any, key: str, t: Any) -> torch.Tensor:
+    """A tensor that owns exactly its bytes: torch.save writes a view's whole storage."""
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"state_dict['{key}']: expected a torch.Tensor, got {type(t).__name__}")
+    t = t.detach().contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def write_pytorch_bin(
+    state_dict: Mapping[str, torch.Tensor],
+    folder: str | os.PathLike[str],
+    max_shard_size: int | str | None = None,
+) -> list[Path]:
+    """Write ``pytorch_model.bin`` (or shards + ``pytorch_model.bin.index.json``) as HF does.
+
+    Each file is written atomically; returns the paths written.
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: _compact(torch, k, v) for k, v in state_dict.items()}
+    sizes = {k: t.numel() * t.element_size() for k, t in tensors.items()}
+    plan = plan_shards(sizes, max_shard_size, "pytorch_model{suffix}.bin")
+    written = []
+    for fname, keys in plan.items():
+        with atomic_output(folder / fname) as tmp:
+            torch.save({k: tensors[k] for k in keys}, tmp)
+        written.append(folder / fname)
+    if len(plan) > 1:
+        write_index(folder / PT_WEIGHTS_INDEX_NAME, plan, sizes, {k: t.numel() for k, t in tensors.items()})
+        written.append(folder / PT_WEIGHTS_INDEX_NAME)
+    remove_stale_files(
+        folder, {p.name for p in written}, (PT_WEIGHTS_NAME, "pytorch_model-*-of-*.bin", PT_WEIGHTS_INDEX_NAME)
+    )
+    return written
+
+
+__all__ = ["read_pytorch_bin", "write_pytorch_bin"]

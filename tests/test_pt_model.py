@@ -1,0 +1,261 @@
+"""PyTorch EncoderDecoderModel behaviour: build, warm-start, save/load, ties, forward semantics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from encdec_core import BertConfig, CheckpointError, ConfigError, EncoderDecoderConfig, GPT2Config, InputError
+from encdec_core.checkpoint import CheckpointReader
+from encdec_pt import BertLMHeadModel, BertModel, EncoderDecoderModel, GPT2LMHeadModel
+from encdec_pt.modeling_utils import PreTrainedModel
+from tests.conftest import FIXTURES, expected, tiny_gpt2, tiny_sizes
+from tests.tolerances import assert_close
+
+WARM = FIXTURES / "warm"
+
+
+def _batch(e):
+    return {k: torch.from_numpy(e[k]) for k in ("input_ids", "attention_mask", "labels")}
+
+
+def _logits(model, e):
+    with torch.no_grad():
+        return model(**_batch(e)).logits
+
+
+@pytest.fixture
+def bert2gpt2():
+    return EncoderDecoderModel.from_pretrained(FIXTURES / "bert2gpt2" / "pt")
+
+
+def test_random_init_from_configs_like_the_seed():
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), BertConfig(**tiny_sizes()))
+    model = EncoderDecoderModel(config=config)
+    assert isinstance(model.encoder, BertModel) and isinstance(model.decoder, BertLMHeadModel)
+    assert model.decoder.config.is_decoder and model.decoder.config.add_cross_attention
+    assert model.enc_to_dec_proj is None
+    # the LM head shares the decoder's word embeddings
+    assert model.get_output_embeddings().weight is model.decoder.bert.embeddings.word_embeddings.weight
+
+
+def test_build_from_two_models_and_projection():
+    enc = BertModel(BertConfig(**tiny_sizes()))
+    dec = GPT2LMHeadModel(GPT2Config(**tiny_gpt2(n_embd=45, n_head=5), is_decoder=True, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=enc, decoder=dec)
+    assert model.enc_to_dec_proj.weight.shape == (45, 36)
+    assert model.config.encoder is enc.config  # one config object, seen from both sides
+
+
+def test_decoder_without_cross_attention_is_refused():
+    enc = BertModel(BertConfig(**tiny_sizes()))
+    dec = BertLMHeadModel(BertConfig(**tiny_sizes(), is_decoder=True))
+    with pytest.raises(ConfigError, match="add_cross_attention"):
+        EncoderDecoderModel(encoder=enc, decoder=dec)
+
+
+@pytest.mark.parametrize("enc,dec", [("bert", "bert"), ("bert", "gpt2"), ("roberta", "roberta"), ("bert", "gpt2_45")])
+def test_warm_start_reports_exactly_the_new_weights(enc, dec):
+    """from_encoder_decoder_pretrained lists as new what Transformers 4.57 initialised, no more."""
+    combos = json.loads((WARM / "expected_new.json").read_text())["combos"]
+    ref = next(c for c in combos if c["encoder"] == enc and c["decoder"] == dec)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(WARM / enc, WARM / dec)
+    report = model.loading_report
+    tied = set(report.tied)
+    hf_new = {f"decoder.{k}" for k in ref["decoder_missing_keys_newly_initialised"]} - tied
+    hf_new |= set(ref["wrapper_new_weights"])
+    assert set(report.expected_new) == hf_new
+    assert not report.missing and not report.mismatched
+    assert set(report.unexpected) == set(ref["decoder_unexpected_keys_unused"]) | set(ref["encoder_unexpected_keys_unused"])
+    assert model.training  # ready to fine-tune
+
+
+def test_warm_start_keeps_pretrained_weights_and_prefixed_kwargs():
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        WARM / "bert", WARM / "gpt2", decoder_n_positions=40, encoder_hidden_dropout_prob=0.0
+    )
+    enc_ref = BertModel.from_pretrained(WARM / "bert")
+    dec_ref = GPT2LMHeadModel.from_pretrained(WARM / "gpt2")
+    assert torch.equal(model.encoder.encoder.layer[1].output.dense.weight, enc_ref.encoder.layer[1].output.dense.weight)
+    assert torch.equal(model.decoder.transformer.h[0].attn.c_attn.weight, dec_ref.transformer.h[0].attn.c_attn.weight)
+    assert model.config.encoder.hidden_dropout_prob == 0.0
+    # the new cross-attention got HF's init: zero bias, unit LayerNorm, small normal weights
+    h0 = model.decoder.transformer.h[0]
+    assert torch.all(h0.crossattention.c_attn.bias == 0) and torch.all(h0.ln_cross_attn.weight == 1)
+    assert 0.005 < h0.crossattention.q_attn.weight.std().item() < 0.05
+
+
+def test_warm_start_takes_the_wrapper_special_tokens():
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(WARM / "bert", WARM / "gpt2", decoder_start_token_id=2, pad_token_id=0)
+    assert (model.config.decoder_start_token_id, model.config.pad_token_id) == (2, 0)
+    assert "start_token_id" not in model.config.decoder.extra
+
+
+def test_warm_start_with_model_instances():
+    enc = BertModel.from_pretrained(WARM / "bert")
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(None, WARM / "gpt2", encoder_model=enc)
+    assert model.encoder is enc
+
+
+def test_load_does_not_random_init_what_the_checkpoint_fills(monkeypatch):
+    calls = []
+    orig = PreTrainedModel.init_weights
+
+    def spy(self, names=None):
+        calls.append(names)
+        return orig(self, names)
+
+    monkeypatch.setattr(PreTrainedModel, "init_weights", spy)
+    EncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt")
+    assert calls == [[]]  # one call, initialising nothing
+
+
+@pytest.mark.parametrize("pair", ["bert2gpt2", "bert2bert_tied", "bert2gpt2_proj", "roberta2roberta"])
+def test_save_load_round_trip(tmp_path, pair):
+    model = EncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
+    model.save_pretrained(tmp_path / "out")
+    again, report = EncoderDecoderModel.from_pretrained(tmp_path / "out", output_loading_info=True, strict=True)
+    e = expected(pair)
+    assert torch.equal(_logits(model, e), _logits(again, e))
+    # what we write is what Transformers writes: same stored names, metadata {"format": "pt"}
+    ours, theirs = CheckpointReader(tmp_path / "out"), CheckpointReader(FIXTURES / pair / "pt")
+    assert set(ours.keys()) == set(theirs.keys())
+    assert ours.metadata == {"format": "pt"}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "encoder-decoder"
+
+
+def test_sharded_save_and_bf16(tmp_path, bert2gpt2):
+    bert2gpt2.save_pretrained(tmp_path / "sh", max_shard_size="40KB")
+    shards = sorted(p.name for p in (tmp_path / "sh").glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (tmp_path / "sh" / "model.safetensors.index.json").exists()
+    e = expected("bert2gpt2")
+    assert torch.equal(_logits(EncoderDecoderModel.from_pretrained(tmp_path / "sh"), e), _logits(bert2gpt2, e))
+
+    bert2gpt2.save_pretrained(tmp_path / "bf16", torch_dtype=torch.bfloat16)
+    assert CheckpointReader(tmp_path / "bf16").dtype("decoder.transformer.wte.weight") == "BF16"
+    half = EncoderDecoderModel.from_pretrained(tmp_path / "bf16", torch_dtype="auto")
+    assert half.decoder.transformer.wte.weight.dtype == torch.bfloat16
+    full = EncoderDecoderModel.from_pretrained(tmp_path / "bf16")  # cast to fp32 by default
+    assert full.decoder.transformer.wte.weight.dtype == torch.float32
+    assert_close(_logits(full, e), _logits(bert2gpt2, e), dtype="bfloat16", what="bf16 round trip")
+
+
+def test_bin_save_round_trip(tmp_path, bert2gpt2):
+    bert2gpt2.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "bin" / "pytorch_model.bin").exists()
+    e = expected("bert2gpt2")
+    assert torch.equal(_logits(EncoderDecoderModel.from_pretrained(tmp_path / "bin"), e), _logits(bert2gpt2, e))
+
+
+def test_save_keeps_user_files(tmp_path, bert2gpt2):
+    out = tmp_path / "ckpt"
+    bert2gpt2.save_pretrained(out)
+    (out / "tokenizer.json").write_text("{}")
+    bert2gpt2.save_pretrained(out)
+    assert (out / "tokenizer.json").read_text() == "{}"
+
+
+def test_tie_encoder_decoder_shares_parameters():
+    model = EncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert_tied" / "pt")
+    assert model.encoder.encoder.layer[0].attention.self.query.weight is model.decoder.bert.encoder.layer[0].attention.self.query.weight
+    assert model.encoder.embeddings.word_embeddings.weight is model.get_output_embeddings().weight
+    cross = model.decoder.bert.encoder.layer[0].crossattention.self.query.weight
+    assert all(cross is not p for p in model.encoder.parameters())
+    n_unique = len({id(p) for p in model.parameters()})
+    untied = EncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt")
+    assert n_unique < len({id(p) for p in untied.parameters()})
+
+
+def test_labels_loss_is_mean_over_non_ignored_tokens(bert2gpt2):
+    e = expected("bert2gpt2")
+    b = _batch(e)
+    with torch.no_grad():
+        out = bert2gpt2(**b)
+        keep = b["labels"] != -100
+        logp = out.logits.log_softmax(-1).gather(-1, b["labels"].clamp(min=0)[..., None])[..., 0]
+    assert_close(out.loss, -(logp[keep]).mean(), what="loss")
+    assert keep.sum() < keep.numel()  # the fixture really has ignored positions
+
+
+def test_encoder_outputs_as_object_or_tuple_and_return_dict_false(bert2gpt2):
+    e = expected("bert2gpt2")
+    b = _batch(e)
+    with torch.no_grad():
+        full = bert2gpt2(**b)
+        enc = bert2gpt2.get_encoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        from_obj = bert2gpt2(encoder_outputs=enc, attention_mask=b["attention_mask"], labels=b["labels"])
+        from_tuple = bert2gpt2(encoder_outputs=(enc.last_hidden_state,), attention_mask=b["attention_mask"], labels=b["labels"])
+        as_tuple = bert2gpt2(**b, return_dict=False)
+    assert torch.equal(from_obj.logits, full.logits) and torch.equal(from_tuple.logits, full.logits)
+    assert torch.equal(as_tuple[0], full.loss) and torch.equal(as_tuple[1], full.logits)
+
+
+def test_output_fields_and_shapes(bert2gpt2):
+    e = expected("bert2gpt2")
+    b = _batch(e)
+    with torch.no_grad():
+        out = bert2gpt2(**b, output_attentions=True, output_hidden_states=True)
+    assert out.logits.shape == (3, 7, 99)
+    assert len(out.decoder_hidden_states) == 3 and len(out.encoder_hidden_states) == 3
+    assert out.cross_attentions[0].shape == (3, 3, 7, 11)
+    assert out.encoder_last_hidden_state.shape == (3, 11, 36)
+    assert len(out.past_key_values) == 2 and len(out.past_key_values[0]) == 4  # self k, v; cross k, v
+
+
+def test_decoder_kwargs_are_routed(bert2gpt2):
+    e = expected("bert2gpt2")
+    b = _batch(e)
+    with torch.no_grad():
+        base = bert2gpt2(**b).logits
+        shifted = bert2gpt2(**b, decoder_position_ids=torch.arange(1, 8)[None]).logits
+    assert not torch.allclose(base, shifted)
+
+
+def test_missing_special_tokens_is_a_clear_error(bert2gpt2):
+    bert2gpt2.config.decoder_start_token_id = None
+    with pytest.raises(InputError, match="decoder_start_token_id"):
+        bert2gpt2(**_batch(expected("bert2gpt2")))
+
+
+def test_out_of_vocab_ids_are_refused(bert2gpt2):
+    b = _batch(expected("bert2gpt2"))
+    b["input_ids"][0, 0] = 99
+    with pytest.raises(InputError, match=r"input_ids holds token id 99.*vocab_size"):
+        bert2gpt2(**b)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(bert2gpt2):
+    """Same seed, dropout on: recomputation under checkpointing replays the same masks."""
+    b = _batch(expected("bert2gpt2"))
+    bert2gpt2.train()
+    torch.manual_seed(0)
+    bert2gpt2(**b).loss.backward()
+    ref = {n: p.grad.clone() for n, p in bert2gpt2.named_parameters() if p.grad is not None}
+    bert2gpt2.zero_grad()
+    bert2gpt2.gradient_checkpointing_enable()
+    torch.manual_seed(0)
+    bert2gpt2(**b).loss.backward()
+    assert len(ref) > 50
+    for n, p in bert2gpt2.named_parameters():
+        if n in ref:
+            assert_close(p.grad, ref[n], what=f"grad {n}")
+
+
+def test_strict_load_lists_every_problem(tmp_path, bert2gpt2):
+    with pytest.raises(CheckpointError) as err:
+        EncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt", config=bert2gpt2.config, strict=True)
+    msg = str(err.value)
+    assert "decoder.transformer.h.1.mlp.c_fc.weight" in msg and "decoder.bert.encoder.layer.1.output.dense.weight" in msg
+
+
+def test_wrong_model_type_for_class_is_refused():
+    with pytest.raises(ConfigError, match="cannot be loaded into GPT2LMHeadModel"):
+        GPT2LMHeadModel.from_pretrained(WARM / "bert")
+
+
+def test_missing_weights_file_names_the_folder(tmp_path):
+    (tmp_path / "config.json").write_text((WARM / "bert" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="no PyTorch weights found"):
+        BertModel.from_pretrained(tmp_path)
