@@ -28,7 +28,7 @@ from encdec_core.report import LoadingReport
 from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
 from encdec_pt import models as _models  # noqa: F401  (registers the architectures)
-from encdec_pt.modeling_utils import PreTrainedModel, load_weights
+from encdec_pt.modeling_utils import PreTrainedModel
 
 logger = logging.getLogger("encdec")
 WRAPPER_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
@@ -124,9 +124,10 @@ class EncoderDecoderModel(PreTrainedModel):
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                 output_attentions=output_attentions, output_hidden_states=output_hidden_states, **enc_kw,
             )
-        elif isinstance(encoder_outputs, (tuple, list)):
-            encoder_outputs = BaseModelOutput(*[encoder_outputs[0], None, *encoder_outputs[1:3]])
-        enc_states = encoder_outputs[0] if isinstance(encoder_outputs, tuple) else encoder_outputs.last_hidden_state
+        elif isinstance(encoder_outputs, (tuple, list)):  # HF order: (last_hidden_state, hidden_states, attentions)
+            t = list(encoder_outputs) + [None, None]
+            encoder_outputs = BaseModelOutput(last_hidden_state=t[0], hidden_states=t[1], attentions=t[2])
+        enc_states = encoder_outputs.last_hidden_state
         if self.enc_to_dec_proj is not None:
             enc_states = self.enc_to_dec_proj(enc_states)
 
@@ -185,7 +186,7 @@ class EncoderDecoderModel(PreTrainedModel):
             enc_cls = _class_for(encoder_pretrained_model_name_or_path, "encoder", enc_kw)
             encoder, rep = enc_cls.from_pretrained(encoder_pretrained_model_name_or_path, output_loading_info=True,
                                                  log_report=False, **enc_kw)
-            reports.append(_prefix_report(rep, "encoder."))
+            reports.append(rep.prefixed("encoder."))
         decoder = dec_kw.pop("model", None)
         if decoder is None:
             if decoder_pretrained_model_name_or_path is None:
@@ -195,7 +196,7 @@ class EncoderDecoderModel(PreTrainedModel):
             dec_cls = _class_for(decoder_pretrained_model_name_or_path, "decoder", dec_kw)
             decoder, rep = dec_cls.from_pretrained(decoder_pretrained_model_name_or_path, output_loading_info=True,
                                                  log_report=False, **dec_kw)
-            reports.append(_prefix_report(rep, "decoder."))
+            reports.append(rep.prefixed("decoder."))
         config = EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
         for key, value in top.items():  # unset, as in HF, unless given here
             setattr(config, key, value)
@@ -230,8 +231,5 @@ def _class_for(path, role: str, kw: dict) -> type:
     return model_class("pt", config, role)
 
 
-def _prefix_report(report: LoadingReport, prefix: str) -> LoadingReport:
-    return report.prefixed(prefix)
 
-
-__all__ = ["EncoderDecoderModel", "load_weights"]
+__all__ = ["EncoderDecoderModel"]

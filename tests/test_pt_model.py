@@ -189,6 +189,12 @@ def test_encoder_outputs_as_object_or_tuple_and_return_dict_false(bert2gpt2):
         from_tuple = bert2gpt2(encoder_outputs=(enc.last_hidden_state,), attention_mask=b["attention_mask"], labels=b["labels"])
         as_tuple = bert2gpt2(**b, return_dict=False)
     assert torch.equal(from_obj.logits, full.logits) and torch.equal(from_tuple.logits, full.logits)
+    with torch.no_grad():
+        enc_all = bert2gpt2.get_encoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                          output_hidden_states=True, output_attentions=True)
+        from_long_tuple = bert2gpt2(encoder_outputs=(enc_all.last_hidden_state, enc_all.hidden_states, enc_all.attentions),
+                                    attention_mask=b["attention_mask"], labels=b["labels"])
+    assert from_long_tuple.encoder_attentions is enc_all.attentions and from_long_tuple.past_key_values is not enc_all.attentions
     assert torch.equal(as_tuple[0], full.loss) and torch.equal(as_tuple[1], full.logits)
 
 
