@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= torch,test
+EXTRAS ?= torch,tf,flax,test
 
 .PHONY: setup demo test lint fixtures clean
 
