@@ -73,4 +73,14 @@ class Seq2SeqLMOutput(ModelOutput):
     encoder_attentions: Any = None
 
 
-__all__ = ["ModelOutput", "BaseModelOutput", "CausalLMOutput", "Seq2SeqLMOutput"]
+@dataclass
+class GenerateOutput(ModelOutput):
+    """``generate(..., return_dict_in_generate=True)`` (HF ``GenerateEncoderDecoderOutput`` / ``...BeamEncoderDecoderOutput``)."""
+
+    sequences: Any = None  # (B * num_return_sequences, T) token ids, decoder start first
+    scores: Any = None  # with output_scores: tuple per step of (rows, V) processed scores
+    sequences_scores: Any = None  # beam search: (B * num_return_sequences,) final hypothesis scores
+    beam_indices: Any = None  # beam search: (B * num_return_sequences, T - prompt) row chosen at each step, -1 after
+
+
+__all__ = ["ModelOutput", "BaseModelOutput", "CausalLMOutput", "Seq2SeqLMOutput", "GenerateOutput"]

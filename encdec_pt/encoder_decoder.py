@@ -21,6 +21,7 @@ from torch import nn
 
 from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig
 from encdec_core.errors import ConfigError, InputError
+from encdec_core.generation import SPECIAL_TOKENS, GenerationConfig
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
@@ -28,13 +29,14 @@ from encdec_core.report import LoadingReport
 from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
 from encdec_pt import models as _models  # noqa: F401  (registers the architectures)
+from encdec_pt.generation import GenerationMixin
 from encdec_pt.modeling_utils import PreTrainedModel
 
 logger = logging.getLogger("encdec")
 WRAPPER_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
 
 
-class EncoderDecoderModel(PreTrainedModel):
+class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder.
 
     Build it from a config (random weights), from two models, or warm-start it from two
@@ -68,6 +70,12 @@ class EncoderDecoderModel(PreTrainedModel):
             nn.Linear(config.encoder.hidden_size, config.decoder.hidden_size) if needs_projection(config) else None
         )
         self.tie_weights()
+        self.set_generation_config(GenerationConfig.from_model_config(config))
+
+    def set_generation_config(self, gen: GenerationConfig) -> None:
+        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
+        self.generation_config = gen
+        self._derived_tokens = {k: getattr(gen, k) for k in SPECIAL_TOKENS} if gen.extra.get("_from_model_config") else {}
 
     # ------------------------------------------------------------------ tables, accessors
     def weight_table(self) -> list[Param]:
@@ -98,9 +106,7 @@ class EncoderDecoderModel(PreTrainedModel):
         return cfg
 
     def generation_config_to_save(self) -> dict | None:
-        keys = ("decoder_start_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
-        gen = {k: getattr(self.config, k) for k in keys if getattr(self.config, k) is not None}
-        return gen or None
+        return self._generation_config(None, {}).to_dict()
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id, xp=torch)
@@ -217,8 +223,13 @@ class EncoderDecoderModel(PreTrainedModel):
     def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: EncoderDecoderConfig | None = None,
                         torch_dtype: Any = None, strict: bool = False, output_loading_info: bool = False, **kwargs):
         """Load a fine-tuned encoder-decoder checkpoint (a local folder or a Hub repo id)."""
-        return super().from_pretrained(name_or_path, *model_args, config=config, torch_dtype=torch_dtype,
-                                       strict=strict, output_loading_info=output_loading_info, **kwargs)
+        loaded = super().from_pretrained(name_or_path, *model_args, config=config, torch_dtype=torch_dtype,
+                                         strict=strict, output_loading_info=True, **kwargs)
+        model, report = loaded
+        gen_file = model.checkpoint_folder / "generation_config.json"
+        if gen_file.exists():
+            model.set_generation_config(GenerationConfig.from_json_file(gen_file))
+        return loaded if output_loading_info else model
 
 
 def _class_for(path, role: str, kw: dict) -> type:

@@ -100,34 +100,45 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,K)
 
-    def _project(self, x: torch.Tensor, kv: torch.Tensor | None):
-        """q from x; k, v from kv (cross) or x (self); kv None means: use the cache."""
-        if self.gpt2 and not self.cross:
-            q, k, v = self.c_attn(x).split(self.n_heads * self.head_dim, dim=-1)
-            return q, k, v
-        q = self.q_attn(x) if self.gpt2 else self.query(x)
-        if kv is None:
-            return q, None, None
+    def keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of the encoder states src (B,S,D_enc): each (B,H,S,K)."""
         if self.gpt2:
-            k, v = self.c_attn(kv).split(self.n_heads * self.head_dim, dim=-1)
+            k, v = self.c_attn(src).split(self.n_heads * self.head_dim, dim=-1)
         else:
-            k, v = self.key(kv), self.value(kv)
-        return q, k, v
+            k, v = self.key(src), self.value(src)
+        return self._split(k), self._split(v)
 
     def forward(self, x, mask=None, *, kv=None, past=None, use_cache=False, need_weights=False):
-        """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None)."""
-        cached_cross = self.cross and past is not None
-        q, k, v = self._project(x, None if cached_cross else (kv if self.cross else x))
-        q = self._split(q)
-        if cached_cross:
-            k, v = past
+        """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None).
+
+        ``past`` is a (k, v) tuple or a :class:`LayerCache` (generation's preallocated cache).
+        """
+        n, t = x.shape[:2]
+        if self.cross:
+            q = self._split(self.q_attn(x) if self.gpt2 else self.query(x))
+            if past is None:
+                k, v = self.keys_values(kv)
+            else:  # computed once per generation
+                k, v = (past.cross_k, past.cross_v) if isinstance(past, LayerCache) else past
         else:
-            k, v = self._split(k), self._split(v)
-            if past is not None:  # self-attention cache: append this step's keys/values
+            if self.gpt2:
+                q, k, v = (self._split(a) for a in self.c_attn(x).split(self.n_heads * self.head_dim, dim=-1))
+            else:
+                q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+            if isinstance(past, LayerCache):
+                k, v = past.update(k, v)
+            elif past is not None:  # a (k, v) tuple: append this step's keys/values
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         p = self.attn_dropout if self.training else 0.0
+        g = n // k.shape[0]
+        if g > 1:  # beams (or samples) of one source share its cross keys/values: fold them into queries
+            q = q.view(k.shape[0], g, *q.shape[1:]).transpose(1, 2).reshape(k.shape[0], q.shape[1], g * t, -1)
         ctx, probs = attend(q, k, v, mask, scale=self.scale, dropout=p, need_weights=need_weights)
-        ctx = ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B,T,D)
+        if g > 1:  # (B,H,g*T,.) -> (B*g,H,T,.)
+            ctx = ctx.view(k.shape[0], ctx.shape[1], g, t, -1).transpose(1, 2).reshape(n, ctx.shape[1], t, -1)
+            if probs is not None:
+                probs = probs.view(k.shape[0], probs.shape[1], g, t, -1).transpose(1, 2).reshape(n, probs.shape[1], t, -1)
+        ctx = ctx.transpose(1, 2).reshape(n, t, -1)  # (B,T,D)
         if self.gpt2:
             ctx = self.resid_dropout(self.c_proj(ctx))
         return ctx, ((k, v) if use_cache else None), probs
@@ -217,18 +228,93 @@ class Block(nn.Module):
         self_attn = self.attn if g else self.attention.self
         x, present, p_self = self._sublayer(
             x, getattr(self, "ln_1", None), self_attn, None if g else self.attention.output,
-            mask=mask, past=None if past is None else past[:2], **kw,
+            mask=mask, past=past if isinstance(past, LayerCache) or past is None else past[:2], **kw,
         )
         p_cross = None
         if self.has_cross and enc is not None:
             cross = self.crossattention if g else self.crossattention.self
             x, present_x, p_cross = self._sublayer(
                 x, getattr(self, "ln_cross_attn", None), cross, None if g else self.crossattention.output,
-                mask=enc_mask, kv=enc, past=None if past is None or len(past) < 4 else past[2:], **kw,
+                mask=enc_mask, kv=enc, past=_cross_past(past), **kw,
             )
             present = present + present_x if use_cache else None
         x = x + self.mlp(self.ln_2(x)) if g else self.output(self.intermediate(x), x)
-        return x, present, p_self, p_cross
+        return x, (past if isinstance(past, LayerCache) else present), p_self, p_cross
+
+
+def _cross_past(past):
+    """The cross-attention part of a layer's past: a LayerCache, (cross k, cross v), or None."""
+    if past is None or isinstance(past, LayerCache):
+        return past
+    return past[2:] if len(past) >= 4 else None
+
+
+class Cache:
+    """Generation's key/value cache: preallocated, written in place, cross-attention computed once.
+
+    Per layer (:class:`LayerCache`): self-attention keys/values ``(N, H, L, K)`` for N decoder
+    rows and L = ``max_length`` slots, and cross-attention keys/values ``(B, H, S, K)`` for the
+    B sources (N = B * g: the g beams or samples of a source share them, see
+    :meth:`Attention.forward`). ``position`` counts the slots filled. Eager mode
+    (``static=False``) attends to the filled slots ``[:position + T]`` (views, no copies);
+    static mode (``static=True``, for ``torch.compile``) keeps ``position`` a tensor, attends
+    to all L slots and masks the unfilled ones, so every step has the same shapes.
+    """
+
+    def __init__(self, layers: list[tuple[torch.Tensor, ...]], position, *, static: bool):
+        self.static, self.position = static, position
+        self.max_length = layers[0][0].shape[2]
+        self.layers = [LayerCache(self, *layer) for layer in layers]
+
+    @classmethod
+    def allocate(cls, cross: list[tuple[torch.Tensor, torch.Tensor]], rows: int, max_length: int, *,
+                 static: bool = False) -> Cache:
+        """Empty self-attention slots for ``rows`` rows beside the given cross keys/values."""
+        layers = []
+        for ck, cv in cross:
+            shape = (rows, ck.shape[1], max_length, ck.shape[3])
+            layers.append((ck.new_zeros(shape), ck.new_zeros(shape), ck, cv))
+        position = torch.zeros((), dtype=torch.long, device=cross[0][0].device) if static else 0
+        return cls(layers, position, static=static)
+
+    def buffers(self) -> list[tuple[torch.Tensor, ...]]:
+        return [(c.k, c.v, c.cross_k, c.cross_v) for c in self.layers]
+
+    def __getitem__(self, i: int) -> LayerCache:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def advance(self, t: int) -> None:
+        """After a step of T tokens: those slots are now filled."""
+        self.position = self.position + t
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i continues the hypothesis of row ``rows[i]`` (cross k/v are per source: unchanged)."""
+        n = self.max_length if self.static else self.position
+        for layer in self.layers:
+            layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, rows)
+            layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, rows)
+
+
+class LayerCache:
+    """One layer's slots of a :class:`Cache`."""
+
+    def __init__(self, cache: Cache, k: torch.Tensor, v: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor):
+        self.cache, self.k, self.v, self.cross_k, self.cross_v = cache, k, v, cross_k, cross_v
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values (N,H,T,K) at ``position``; return the keys/values to attend to."""
+        p, t = self.cache.position, k.shape[2]
+        if self.cache.static:
+            idx = p + torch.arange(t, device=k.device)
+            self.k.index_copy_(2, idx, k)
+            self.v.index_copy_(2, idx, v)
+            return self.k, self.v
+        self.k[:, :, p:p + t] = k
+        self.v[:, :, p:p + t] = v
+        return self.k[:, :, :p + t], self.v[:, :, :p + t]
 
 
 def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -239,12 +325,21 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
 
 
-def self_attention_mask(attention_mask, batch: int, t: int, past: int, *, causal: bool, dtype, device):
-    """(B, T+past) padding mask and causality -> additive (B,1,T,T+past) mask, or None if nothing is masked."""
+def self_attention_mask(attention_mask, batch: int, t: int, past, *, causal: bool, dtype, device,
+                        key_length: int | None = None):
+    """(B, S) padding mask and causality -> additive (B,1,T,S) mask, or None if nothing is masked.
+
+    S = past + T, or ``key_length`` for a static cache (``past`` then is a tensor and the slots
+    after each query's position are masked as unfilled).
+    """
     keep = None
     if attention_mask is not None:
         keep = attention_mask[:, None, None, :].bool()  # (B,1,1,S)
-    if causal:
+    if key_length is not None:  # static cache: key j is visible to query i iff j <= past + i
+        q_pos = past + torch.arange(t, device=device)
+        tri = (torch.arange(key_length, device=device)[None, :] <= q_pos[:, None])[None, None]  # (1,1,T,S)
+        keep = tri if keep is None else keep & tri
+    elif causal and t > 1:  # a single new token sees every key: nothing to mask
         s = past + t
         tri = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=past)[None, None]  # (1,1,T,S)
         keep = tri if keep is None else keep & tri
@@ -278,7 +373,8 @@ def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, use_cache, ou
         cross_attns.append(p_cross)
     return x, {
         "hidden_states": hidden,
-        "past_key_values": tuple(presents) if use_cache else None,
+        "past_key_values": past_key_values if isinstance(past_key_values, Cache) else (
+            tuple(presents) if use_cache else None),
         "attentions": tuple(attns) if output_attentions else None,
         "cross_attentions": tuple(cross_attns) if output_attentions and enc is not None else None,
     }

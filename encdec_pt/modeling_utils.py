@@ -35,7 +35,7 @@ HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 
 def check_ids(config: PretrainedConfig, ids: torch.Tensor | None, name: str) -> None:
     """Token ids must be in [0, vocab_size): an out-of-range id would index garbage or crash deep inside."""
-    if ids is None:
+    if ids is None or torch.compiler.is_compiling():  # the check reads values: not inside a compiled graph
         return
     if ids.dtype.is_floating_point:
         raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
@@ -159,6 +159,7 @@ class PreTrainedModel(nn.Module):
         if log_report:
             report.log(logger)
         model.eval()
+        model.checkpoint_folder = folder  # where it was read from (generation_config.json lives beside)
         return (model, report) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving

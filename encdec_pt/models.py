@@ -15,6 +15,7 @@ from encdec_core.outputs import BaseModelOutput, CausalLMOutput
 from encdec_core.registry import register_model
 from encdec_pt.layers import (
     Block,
+    Cache,
     activation,
     cross_attention_mask,
     layer_norm_eps,
@@ -54,7 +55,7 @@ class Embeddings(nn.Module):
                 position_ids = roberta_position_ids(input_ids, self.padding_idx, past)
             else:  # RoBERTa from embeddings: sequential after padding_idx, as HF
                 start = past + (self.padding_idx + 1 if self.roberta else 0)
-                position_ids = torch.arange(start, start + t, device=x.device)[None]
+                position_ids = (start + torch.arange(t, device=x.device))[None]
         if token_type_ids is None:
             token_type_ids = torch.zeros((b, t), dtype=torch.long, device=x.device)
         x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
@@ -80,8 +81,18 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
-def _past_length(past_key_values) -> int:
-    return 0 if past_key_values is None else past_key_values[0][0].shape[2]
+def _past_length(past_key_values):
+    """Tokens already cached: an int, or a tensor for a static :class:`Cache` (so compiled steps share a graph)."""
+    if past_key_values is None:
+        return 0
+    if isinstance(past_key_values, Cache):
+        return past_key_values.position
+    return past_key_values[0][0].shape[2]
+
+
+def _key_length(past_key_values) -> int | None:
+    """A static cache attends to all its slots (masked); otherwise keys are past + new tokens."""
+    return past_key_values.max_length if isinstance(past_key_values, Cache) and past_key_values.static else None
 
 
 def _base_outputs(x, extra, pooled=None) -> BaseModelOutput:
@@ -123,7 +134,8 @@ class BertModel(PreTrainedModel):
         past = _past_length(past_key_values)
         x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds, past)
         b, t = x.shape[:2]
-        mask = self_attention_mask(attention_mask, b, t, past, causal=causal, dtype=x.dtype, device=x.device)
+        mask = self_attention_mask(attention_mask, b, t, past, causal=causal, dtype=x.dtype, device=x.device,
+                                   key_length=_key_length(past_key_values))
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
         x, extra = run_blocks(
@@ -191,6 +203,15 @@ class CausalLM(PreTrainedModel):
 
     def _base(self) -> nn.Module:
         return getattr(self, self.base_model_prefix)
+
+    def blocks(self) -> nn.ModuleList:
+        base = self._base()
+        return base.h if isinstance(base, GPT2Model) else base.encoder.layer
+
+    def cross_keys_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values (B,H,S,K): computed once per generation."""
+        return [(b.crossattention if b.gpt2 else b.crossattention.self).keys_values(encoder_hidden_states)
+                for b in self.blocks()]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self._base().get_input_embeddings()
@@ -286,12 +307,13 @@ class GPT2Model(PreTrainedModel):
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
         b, t = x.shape[:2]
         if position_ids is None:  # GPT-2 counts positions regardless of padding
-            position_ids = torch.arange(past, past + t, device=x.device)[None]
+            position_ids = (past + torch.arange(t, device=x.device))[None]
         x = x + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
         x = self.drop(x)
-        mask = self_attention_mask(attention_mask, b, t, past, causal=True, dtype=x.dtype, device=x.device)
+        mask = self_attention_mask(attention_mask, b, t, past, causal=True, dtype=x.dtype, device=x.device,
+                                   key_length=_key_length(past_key_values))
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
         x, extra = run_blocks(

@@ -1,0 +1,269 @@
+"""Generation settings and rules shared by the three backends (no tensors here).
+
+:class:`GenerationConfig` has HF's ``generation_config.json`` keys and defaults for the
+strategies encdec implements; other keys survive a round trip in ``extra`` (and a key that
+would change decoding in a way encdec does not implement is an error at the call, not
+silently ignored). :func:`resolve` turns a model's config, its generation config and the
+call's keyword arguments into a :class:`GenerationPlan`: validated settings with the
+special tokens and lengths worked out once, so PyTorch, TensorFlow and Flax decode alike.
+
+The decoding semantics (as Transformers 4.57, which the fixtures pin):
+
+* lengths count the *decoder* sequence, prompt (the start token) included: ``max_length``
+  (default 20) or ``prompt + max_new_tokens``; ``min_length`` / ``prompt + min_new_tokens``
+  ban every EOS id while the sequence is shorter.
+* Processors, in this order, on the step's scores (raw logits for greedy and sampling,
+  log-softmax for beam search): repetition penalty (a seen token's score ``s`` becomes
+  ``s / p`` if positive else ``s * p``), no-repeat n-gram (ban a token that would repeat an
+  n-gram of the row), bad words (ban a token that completes a listed sequence; EOS-only
+  entries are dropped), min length, min new tokens, forced BOS (at length 1 only the BOS id),
+  forced EOS (at length ``max_length - 1`` only EOS ids). Banned scores are ``-inf``.
+* Sampling adds warpers after them: temperature, top-k (``max(top_k, 1 or 2 with beams)``),
+  top-p (keep the smallest set whose probability exceeds ``top_p``), then draws from softmax.
+* Greedy/sampling: a finished row (it emitted an EOS id) gets ``pad_token_id`` from then on;
+  generation stops when every row is finished or at ``max_length``.
+* Beam search (batch B, ``num_beams`` n): each step scores ``n * V`` continuations per row
+  by accumulated log-probability and keeps the top ``max(2, 1 + #eos) * n``; those ending in
+  EOS (or reaching ``max_length``) among the first n become finished hypotheses scored
+  ``sum_logprob / generated_length ** length_penalty``; the best n others run on.
+  ``early_stopping=True`` stops a row once it has n finished hypotheses; ``False`` stops
+  when the best running beam, at the current length, cannot beat the worst finished one;
+  ``"never"`` uses the longest possible length for that bound when ``length_penalty > 0``.
+  Returned: the ``num_return_sequences`` best finished hypotheses per row.
+
+Where encdec deliberately differs from Transformers 4.57 (documented in docs/generation.md):
+beam outputs are padded with ``pad_token_id`` after EOS (Transformers fills with EOS when the
+pad id is 0, because it tests the id for truthiness).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encdec_core.configs import _check_type
+from encdec_core.errors import ConfigError, GenerationError
+
+logger = logging.getLogger("encdec")
+
+SPECIAL_TOKENS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+
+# HF keys that change decoding in ways encdec does not implement, with their neutral value.
+UNSUPPORTED = {
+    "num_beam_groups": 1, "diversity_penalty": 0.0, "penalty_alpha": None, "constraints": None,
+    "force_words_ids": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None,
+    "guidance_scale": None, "sequence_bias": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "max_time": None, "stop_strings": None, "prompt_lookup_num_tokens": None,
+    "dola_layers": None, "watermarking_config": None, "low_memory": None, "top_h": None,
+}
+
+
+@dataclass
+class GenerationConfig:
+    """HF ``generation_config.json`` fields encdec decodes with (HF defaults)."""
+
+    max_length: int = 20  # decoder length cap, prompt included
+    max_new_tokens: int | None = None  # if set, overrides max_length: prompt + this
+    min_length: int = 0  # EOS banned while the decoder sequence is shorter
+    min_new_tokens: int | None = None  # EOS banned while fewer tokens were generated
+    early_stopping: bool | str = False  # beam stopping rule: True, False or "never"
+    do_sample: bool = False  # multinomial sampling instead of argmax / top-k beams
+    num_beams: int = 1  # 1: greedy or sampling; >1: beam search
+    temperature: float = 1.0  # sampling: logits / temperature
+    top_k: int = 50  # sampling: keep the k best tokens (0: off)
+    top_p: float = 1.0  # sampling: nucleus mass (1.0: off)
+    repetition_penalty: float = 1.0  # 1.0: off
+    length_penalty: float = 1.0  # beam score = logprob / length ** length_penalty
+    no_repeat_ngram_size: int = 0  # 0: off
+    bad_words_ids: list | None = None  # token sequences never to generate
+    forced_bos_token_id: int | None = None  # the first generated token
+    forced_eos_token_id: int | list | None = None  # the last token at max_length
+    num_return_sequences: int = 1  # per input row (<= num_beams for beam search)
+    output_scores: bool = False  # with return_dict_in_generate: per-step processed scores
+    return_dict_in_generate: bool = False  # return a GenerateOutput instead of ids
+    use_cache: bool = True  # keys/values cached between steps
+    decoder_start_token_id: int | None = None  # first decoder token (falls back to bos)
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None  # one id or several
+    pad_token_id: int | None = None  # fills rows that finished
+    extra: dict[str, Any] = field(default_factory=dict)  # keys we do not model, kept verbatim
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                setattr(self, f.name, _check_type("GenerationConfig", f.name, getattr(self, f.name), _hint(f)))
+
+    # ------------------------------------------------------------------ file format
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "generation_config") -> GenerationConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        try:
+            return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> GenerationConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read a generation config: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What differs from HF's defaults, plus the kept keys (HF writes the same way)."""
+        default = GenerationConfig()
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and getattr(self, f.name) != getattr(default, f.name)}
+        out.update(self.extra)
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_model_config(cls, config: Any) -> GenerationConfig:
+        """Special tokens from the model config; a seq2seq config's unset ones from its decoder (as HF)."""
+        values = {k: getattr(config, k, None) for k in SPECIAL_TOKENS}
+        decoder = getattr(config, "decoder", None)
+        if decoder is not None:
+            for k in SPECIAL_TOKENS:
+                if values[k] is None:
+                    values[k] = getattr(decoder, k, None)
+        gen = cls(**values)
+        gen.extra["_from_model_config"] = True
+        return gen
+
+    def update(self, **kwargs: Any) -> GenerationConfig:
+        """A copy with ``kwargs`` set; an unknown name is an error that lists the known ones."""
+        names = {f.name for f in dataclasses.fields(self)} - {"extra"}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise GenerationError(f"generate() got unknown argument(s) {unknown}; generation settings are {sorted(names)}")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(kwargs)
+        data["extra"] = dict(self.extra)
+        try:
+            return GenerationConfig(**data)
+        except ConfigError as e:
+            raise GenerationError(str(e)) from None
+
+
+def _hint(f: dataclasses.Field) -> Any:
+    import typing
+
+    return typing.get_type_hints(GenerationConfig)[f.name]
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """Validated settings of one ``generate`` call, lengths and special tokens resolved."""
+
+    config: GenerationConfig
+    strategy: str  # "greedy" | "sample" | "beam" | "beam_sample"
+    start_id: int  # decoder start token
+    eos_ids: tuple[int, ...]  # empty: no EOS stopping
+    pad_id: int | None  # fills finished rows (None only when eos_ids is empty)
+    prompt_length: int  # decoder prompt length (1: the start token)
+    max_length: int  # decoder sequence cap, prompt included
+    min_length: int  # EOS banned while the sequence is shorter than this (0: off)
+    num_beams: int
+    num_return_sequences: int
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_length - self.prompt_length
+
+
+def _as_ids(value: Any, name: str) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise GenerationError(f"{name} expected a non-negative int or a list of them, got {value!r}")
+    return tuple(values)
+
+
+def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int) -> GenerationPlan:
+    """Check ``gen`` for one call and work out its lengths, special tokens and strategy."""
+    for key, neutral in UNSUPPORTED.items():
+        if gen.extra.get(key, neutral) not in (neutral, None):
+            raise GenerationError(
+                f"generation_config.{key}={gen.extra[key]!r} is not supported by encdec "
+                f"(set it to {neutral!r}); supported strategies: greedy, beam search, sampling"
+            )
+    start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
+    if start is None:
+        raise GenerationError(
+            "generate: no decoder_start_token_id (nor bos_token_id) is set: set model.config.decoder_start_token_id "
+            "(e.g. the tokenizer's cls/bos id) or pass decoder_start_token_id=..."
+        )
+    (start,) = _as_ids(start, "decoder_start_token_id")
+    eos = _as_ids(gen.eos_token_id, "eos_token_id")
+    pad = gen.pad_token_id
+    if pad is None and eos:
+        pad = eos[0]
+        logger.info("generate: pad_token_id is not set; finished rows are padded with eos_token_id %d", pad)
+    for name, ids in (("decoder_start_token_id", (start,)), ("eos_token_id", eos), ("pad_token_id", _as_ids(pad, "pad_token_id")),
+                      ("forced_bos_token_id", _as_ids(gen.forced_bos_token_id, "forced_bos_token_id")),
+                      ("forced_eos_token_id", _as_ids(gen.forced_eos_token_id, "forced_eos_token_id"))):
+        bad = [i for i in ids if i >= vocab_size]
+        if bad:
+            raise GenerationError(f"{name}={bad[0]} is outside the decoder vocabulary [0, {vocab_size})")
+    _check_ranges(gen)
+    max_length = prompt_length + gen.max_new_tokens if gen.max_new_tokens is not None else gen.max_length
+    if max_length <= prompt_length:
+        raise GenerationError(
+            f"max_length={max_length} leaves no room to generate after a decoder prompt of {prompt_length} token(s); "
+            "raise max_length or set max_new_tokens"
+        )
+    min_length = gen.min_length
+    if gen.min_new_tokens is not None:
+        min_length = max(min_length, prompt_length + gen.min_new_tokens)
+    for words in gen.bad_words_ids or []:
+        _as_ids(words, "bad_words_ids")
+    beams = gen.num_beams
+    strategy = ("beam_sample" if gen.do_sample else "beam") if beams > 1 else ("sample" if gen.do_sample else "greedy")
+    return GenerationPlan(gen, strategy, start, eos, pad, prompt_length, max_length, min_length, beams,
+                          gen.num_return_sequences)
+
+
+def _check_ranges(gen: GenerationConfig) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise GenerationError(f"generate: {what}")
+
+    need(gen.num_beams >= 1, f"num_beams must be >= 1, got {gen.num_beams}")
+    need(gen.num_return_sequences >= 1, f"num_return_sequences must be >= 1, got {gen.num_return_sequences}")
+    if gen.num_beams > 1:
+        need(gen.num_return_sequences <= gen.num_beams,
+             f"num_return_sequences={gen.num_return_sequences} must be <= num_beams={gen.num_beams}")
+    elif not gen.do_sample:
+        need(gen.num_return_sequences == 1, "greedy search returns one sequence per row: num_return_sequences must be 1 "
+             f"(got {gen.num_return_sequences}); use num_beams or do_sample=True")
+    need(gen.early_stopping in (True, False, "never"), f"early_stopping must be True, False or 'never', got {gen.early_stopping!r}")
+    need(gen.max_new_tokens is None or gen.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {gen.max_new_tokens}")
+    need(gen.temperature > 0, f"temperature must be > 0, got {gen.temperature}")
+    need(gen.top_k >= 0, f"top_k must be >= 0, got {gen.top_k}")
+    need(0.0 < gen.top_p <= 1.0, f"top_p must be in (0, 1], got {gen.top_p}")
+    need(gen.repetition_penalty > 0, f"repetition_penalty must be > 0, got {gen.repetition_penalty}")
+    need(gen.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {gen.no_repeat_ngram_size}")
+    bad = gen.bad_words_ids
+    need(bad is None or (isinstance(bad, list) and all(isinstance(w, list) and w for w in bad)),
+         f"bad_words_ids must be a list of non-empty lists of token ids, got {bad!r}")
+
+
+def bad_words_for(gen: GenerationConfig, eos_ids: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The bad-word sequences to ban: single EOS ids are dropped (as HF), so EOS stays reachable."""
+    return [tuple(w) for w in gen.bad_words_ids or [] if not (len(w) == 1 and w[0] in eos_ids)]
+
+
+__all__ = ["GenerationConfig", "GenerationPlan", "resolve", "bad_words_for", "SPECIAL_TOKENS", "UNSUPPORTED"]
