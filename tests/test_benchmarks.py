@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark harness: a --tiny run of our side only (no Transformers needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:  # `benchmarks` is not an installed package; a bare `pytest` does not add the root
+    sys.path.insert(0, ROOT)
+
+from benchmarks import run as bench  # noqa: E402
+from encdec_pt import EncoderDecoderModel  # noqa: E402
+
+GEN_TASKS = ["greedy", "beam4", "sample"] if hasattr(EncoderDecoderModel, "generate") else []
+
+
+def test_tiny_run_of_ours(tmp_path):
+    tasks = ["load", "forward", *GEN_TASKS, "train_step"]
+    md, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    result = bench.main(["--tiny", "--sides", "ours", "--pairs", "bert2gpt2", "--tasks", ",".join(tasks),
+                         "--repeat", "1", "--warmup", "0", "--threads", "1", "--cache", str(tmp_path / "cache"),
+                         "--md", str(md), "--json", str(js)])
+
+    assert [r["task"] for r in result["rows"]] == tasks
+    for row in result["rows"]:
+        ours = row["ours"]
+        assert ours["error"] is None, (row["task"], ours["error"])
+        assert len(ours["times_s"]) == 1 and ours["median_s"] > 0
+        assert row["theirs"] is None  # not run: blank cells, no ratio
+        assert row["flops"] >= 0 and row["bytes"] > 0 and row["floor_s"] > 0
+        if row["task"] in GEN_TASKS:
+            assert ours["out_shape"] == [result["workload"]["batch"], result["workload"]["new_tokens"] + 1]
+    load = result["rows"][0]
+    assert load["ours"]["n_params"] > 0 and load["weights_bytes"] == 4 * load["ours"]["n_params"]
+    assert result["limits"]["gemm_flops"] > 0 and result["limits"]["bandwidth"] > 0
+
+    text = md.read_text()
+    assert "python -m benchmarks.run --tiny" in text and result["meta"]["commit"] in text
+    assert "| pt | forward | bert2gpt2 |" in text
+    assert json.loads(js.read_text())["rows"][0]["task"] == "load"
+
+
+def test_table_blanks_and_errors():
+    ok = {"error": None, "median_s": 0.02, "peak_bytes": 3 << 20}
+    row = {"framework": "pt", "pair": "bert2bert", "task": "greedy", "floor_s": 0.01, "weights_bytes": None}
+    rows = [dict(row, ours=ok, theirs={"error": None, "median_s": 0.01, "peak_bytes": 1 << 20}),
+            dict(row, ours={"error": "AttributeError: no | generate", "median_s": None}, theirs=ok),
+            dict(row, ours=ok, theirs=None)]
+    lines = bench.table({"rows": rows}).splitlines()[2:]
+    assert lines[0] == "| pt | greedy | bert2bert | 20.0 | 10.0 | 2.00 | 3 | 1 | 10.0 | 2.0 |"
+    assert "error: AttributeError: no / generate" in lines[1] and "| 20.0 |  |" in lines[1]
+    assert lines[2] == "| pt | greedy | bert2bert | 20.0 |  |  | 3 |  | 10.0 | 2.0 |"
