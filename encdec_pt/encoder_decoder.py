@@ -63,6 +63,10 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
                 f"EncoderDecoderModel: the decoder ({type(self.decoder).__name__}) must be built with "
                 "is_decoder=True and add_cross_attention=True"
             )
+        # the seq2seq loss never reaches the encoder's pooler: frozen, so DistributedDataParallel
+        # needs no find_unused_parameters (its weights are still loaded and saved)
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler.requires_grad_(False)
         # the sub-models' configs are the wrapper's, so an edit of one is seen by the other
         config.encoder, config.decoder = self.encoder.config, self.decoder.config
         config.validate()

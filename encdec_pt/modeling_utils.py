@@ -163,9 +163,12 @@ class PreTrainedModel(nn.Module):
         return (model, report) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
-    def state_dict_to_save(self) -> dict[str, torch.Tensor]:
+    def state_dict_to_save(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The stored weights (tied duplicates left out), by canonical name."""
-        params = dict(self.named_parameters(remove_duplicate=False))
+        params = dict(self.named_parameters(remove_duplicate=False)) if state_dict is None else state_dict
+        missing = [p.pt for p in self.weight_table() if p.pt not in params]
+        if missing:
+            raise InputError(f"save_pretrained: state_dict lacks {len(missing)} stored weight(s), e.g. {missing[:5]}")
         return {p.pt: params[p.pt] for p in self.weight_table()}
 
     def config_to_save(self) -> dict:
@@ -174,15 +177,18 @@ class PreTrainedModel(nn.Module):
         return cfg
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None,
-                        torch_dtype: Any = None, safe_serialization: bool = True) -> Path:
+                        torch_dtype: Any = None, safe_serialization: bool = True,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write config.json, generation_config.json (if any) and model.safetensors atomically.
 
         ``torch_dtype`` casts floating weights on the way out (e.g. ``torch.bfloat16``);
         ``max_shard_size`` ("200MB", bytes) writes shards plus ``model.safetensors.index.json``.
+        ``state_dict`` saves those tensors instead of the module's (e.g. a full state dict
+        gathered from a sharded model); it must hold every stored weight.
         """
         dtype = resolve_dtype(torch_dtype)
         tensors = {}
-        for name, t in self.state_dict_to_save().items():
+        for name, t in self.state_dict_to_save(state_dict).items():
             if isinstance(dtype, torch.dtype) and t.is_floating_point():
                 t = t.to(dtype)
             tensors[name] = t
