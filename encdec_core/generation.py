@@ -39,9 +39,11 @@ pad id is 0, because it tests the id for truthiness).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,9 +97,8 @@ class GenerationConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # keys we do not model, kept verbatim
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name != "extra":
-                setattr(self, f.name, _check_type("GenerationConfig", f.name, getattr(self, f.name), _hint(f)))
+        for name, hint in _hints().items():
+            setattr(self, name, _check_type("GenerationConfig", name, getattr(self, name), hint))
 
     # ------------------------------------------------------------------ file format
     @classmethod
@@ -156,10 +157,11 @@ class GenerationConfig:
             raise GenerationError(str(e)) from None
 
 
-def _hint(f: dataclasses.Field) -> Any:
-    import typing
-
-    return typing.get_type_hints(GenerationConfig)[f.name]
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """Field -> type hint, resolved once (``get_type_hints`` is slow and generate() builds configs per call)."""
+    hints = typing.get_type_hints(GenerationConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(GenerationConfig) if f.name != "extra"}
 
 
 @dataclass(frozen=True)

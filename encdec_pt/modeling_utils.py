@@ -152,7 +152,7 @@ class PreTrainedModel(nn.Module):
                 f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
                 f"{cls.__name__} (expects {cls.config_class.model_type!r})"
             )
-        with torch.device("meta"):
+        with torch.device("meta"), skip_init():
             model = cls(config, *model_args)
         report = load_weights(model, folder, dtype=resolve_dtype(torch_dtype))
         report.raise_if(strict)
@@ -212,6 +212,27 @@ class PreTrainedModel(nn.Module):
 
     def generation_config_to_save(self) -> dict | None:
         return None
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+                   "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Module constructors skip ``torch.nn.init``: shapes only (used with the meta device).
+
+    Initialising meta tensors is pointless, and in torch 2.13 ``normal_`` on a meta tensor
+    imports torch._dynamo (about a second on the first load of a process).
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
