@@ -69,6 +69,9 @@ def test_encode_decode_and_output_forms():
     model = load("bert2gpt2")
     full = model(**batch(e, "b"), output_attentions=True, output_hidden_states=True)
     enc = model.encode(e["input_ids"], e["attention_mask"])
+    # by name: explicit positions land in the position slot (Transformers' Flax put them in the token-type slot)
+    by_name = model.encode(e["input_ids"], e["attention_mask"], position_ids=np.arange(11)[None])
+    assert np.array_equal(by_name.last_hidden_state, enc.last_hidden_state)
     kw = dict(encoder_attention_mask=e["attention_mask"], decoder_attention_mask=e["decoder_attention_mask"])
     for encoder_outputs in (enc, (enc.last_hidden_state,), enc.last_hidden_state):
         assert np.array_equal(model.decode(e["decoder_input_ids"], encoder_outputs, **kw).logits, full.logits)

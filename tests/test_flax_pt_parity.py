@@ -15,10 +15,11 @@ import torch
 
 from conversion.flax_msgpack import flatten_tree
 from conversion.mapping import to_framework
+from encdec_core import BertConfig, EncoderDecoderConfig, GPT2Config
 from encdec_core.checkpoint import CheckpointReader
 from encdec_flax import FlaxEncoderDecoderModel
 from encdec_pt import EncoderDecoderModel
-from tests.conftest import FIXTURES, expected
+from tests.conftest import FIXTURES, expected, tiny_gpt2, tiny_sizes
 from tests.test_flax_reference import FAST_COMPILE, batch, load
 from tests.tolerances import GRAD_ATOL, assert_close, max_abs_diff
 
@@ -93,3 +94,20 @@ def test_pytorch_checkpoint_loads_in_flax(tmp_path):
     pt.save_pretrained(tmp_path / "pt", max_shard_size="40KB")
     fx = FlaxEncoderDecoderModel.from_pretrained(tmp_path / "pt", strict=True)
     assert_close(fx(**batch(e, "a")).logits, _pt_run(pt, batch(e, "a")).logits.numpy(), what="Flax from PT")
+
+
+@pytest.mark.parametrize("dec", ["bert", "gpt2"])
+def test_untied_lm_heads_cross_load(tmp_path, dec):
+    """tie_word_embeddings=False: the LM output matrix is a weight of its own in both backends."""
+    torch.manual_seed(0)
+    dec_cfg = BertConfig(**tiny_sizes(tie_word_embeddings=False)) if dec == "bert" else GPT2Config(
+        **tiny_gpt2(tie_word_embeddings=False))
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), dec_cfg,
+                                                               decoder_start_token_id=2, pad_token_id=0)
+    pt = EncoderDecoderModel.from_config(config).eval()  # HF init (GPT-2's Conv1D starts uninitialised)
+    pt.save_pretrained(tmp_path / "pt")
+    fx = FlaxEncoderDecoderModel.from_pretrained(tmp_path / "pt", strict=True)
+    head = "decoder/cls/predictions/decoder/kernel" if dec == "bert" else "decoder/lm_head/kernel"
+    assert flatten_tree(fx.params)[head].shape == (36, 99)
+    e = expected("bert2bert")
+    assert_close(fx(**batch(e, "a")).logits, _pt_run(pt, batch(e, "a")).logits.numpy(), what=f"untied {dec} head")
