@@ -413,7 +413,9 @@ def load_config(folder_or_file: str | os.PathLike) -> PretrainedConfig:
     path = Path(folder_or_file)
     if path.is_dir():
         path = path / "config.json"
-    return config_from_dict(_read_json(path), source=str(path))
+    config = config_from_dict(_read_json(path), source=str(path))
+    config._name_or_path = str(path.parent)  # where it came from (not written back; see encdec_tf's config setter)
+    return config
 
 
 __all__ = [

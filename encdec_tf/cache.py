@@ -1,0 +1,99 @@
+"""The decoder's key/value cache: HF's growing tuples, or a preallocated :class:`DecoderCache` for XLA.
+
+HF's format (``past_key_values``): per layer ``(k, v[, cross_k, cross_v])``, each (B,H,S,K);
+every step concatenates, so shapes change and a compiled step would recompile. The
+preallocated cache keeps every shape fixed, writes each step at a position held in a tensor,
+and masks the positions not written yet by causality: one XLA compilation serves a whole
+generation (the Flax / keras-hub design).
+
+Shapes: B batch, H heads, L the cache's length (max_length), S source length, K head width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+# XLA's in-place DynamicUpdateSlice (TF's own wrapper; it also runs eagerly, as a one-op XLA cluster)
+from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
+
+from encdec_core.errors import InputError
+
+
+def write_cache(buffer: tf.Tensor, new: tf.Tensor, index) -> tf.Tensor:
+    """Write ``new`` (B,H,T,K) into ``buffer`` (B,H,L,K) at time ``index``: fixed shapes, so XLA compiles once.
+
+    XLA clamps the start so the update fits: the caller keeps ``index + T <= L``.
+    """
+    zero = tf.zeros((), tf.int32)
+    return dynamic_update_slice(buffer, new, tf.stack([zero, zero, tf.cast(index, tf.int32), zero]))
+
+
+class DecoderCache(NamedTuple):
+    """A decoder's preallocated cache: fixed shapes written by index, so XLA compiles one step for all.
+
+    A ``tf.nest`` structure of tensors (a ``tf.function`` / ``tf.while_loop`` argument as is).
+    Build it with ``init_cache(batch_size, max_length, encoder_hidden_states,
+    encoder_attention_mask)``; pass it as ``past_key_values``: the call returns the updated one.
+
+    * ``index`` () int32: positions written so far, i.e. the position of the next token.
+    * ``layers``: per layer ``(k, v)`` self-attention buffers (B,H,L,K), then, with
+      cross-attention, ``(cross_k, cross_v)`` (B,H,S,K), computed once from the encoder states.
+    * ``encoder_attention_mask`` (B, S) int32, 1 = attend ((B, 0) without cross-attention).
+    """
+
+    index: Any
+    layers: tuple
+    encoder_attention_mask: Any
+
+    @property
+    def max_length(self) -> int:
+        return int(self.layers[0][0].shape[2])
+
+    def reorder(self, beam_idx) -> DecoderCache:
+        """The cache of the rows ``beam_idx`` (B_new,): what beam search keeps after a step."""
+        take = lambda t: tf.gather(t, beam_idx, axis=0)  # noqa: E731
+        return DecoderCache(self.index, tf.nest.map_structure(take, self.layers), take(self.encoder_attention_mask))
+
+    @classmethod
+    def empty(cls, attention_layers, batch_size: int, max_length: int, encoder_hidden_states=None,
+              encoder_attention_mask=None) -> DecoderCache:
+        """Zero self-attention buffers for each (self, cross) attention pair; cross keys/values computed now."""
+        layers = []
+        for self_attn, cross_attn in attention_layers:
+            empty = tf.zeros((batch_size, self_attn.n_heads, max_length, self_attn.head_dim))  # (B,H,L,K)
+            entry = (empty, empty)
+            if cross_attn is not None and encoder_hidden_states is not None:
+                entry += cross_attn.project_kv(tf.convert_to_tensor(encoder_hidden_states))  # (B,H,S,K) x 2
+            layers.append(entry)
+        if encoder_hidden_states is None:
+            enc_mask = tf.zeros((batch_size, 0), tf.int32)
+        elif encoder_attention_mask is None:
+            enc_mask = tf.ones(tf.shape(encoder_hidden_states)[:2], tf.int32)
+        else:
+            enc_mask = tf.cast(encoder_attention_mask, tf.int32)
+        return cls(tf.zeros((), tf.int32), tuple(layers), enc_mask)
+
+
+def past_state(past_key_values, encoder_attention_mask):
+    """(past length, cache index or None, per-layer pasts, encoder mask) of HF tuples or a DecoderCache."""
+    if isinstance(past_key_values, DecoderCache):
+        enc_mask = past_key_values.encoder_attention_mask
+        return past_key_values.index, past_key_values.index, past_key_values.layers, enc_mask
+    past = 0 if past_key_values is None else (past_key_values[0][0].shape[2] or tf.shape(past_key_values[0][0])[2])
+    return past, None, past_key_values, encoder_attention_mask
+
+
+def check_room(past_key_values, t) -> None:
+    """Eagerly refuse a step that would not fit the preallocated cache (XLA would clamp it silently)."""
+    if isinstance(past_key_values, DecoderCache) and tf.executing_eagerly():
+        end = int(past_key_values.index) + int(t)
+        if end > past_key_values.max_length:
+            raise InputError(
+                f"past_key_values: this step writes positions up to {end}, but the cache holds "
+                f"max_length={past_key_values.max_length}; build it with a larger init_cache(max_length=...)"
+            )
+
+
+__all__ = ["DecoderCache", "write_cache", "past_state", "check_room"]

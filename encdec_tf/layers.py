@@ -1,0 +1,368 @@
+"""The Keras 3 building blocks: one attention layer, one block, embeddings, masks.
+
+Layer names are HF's TensorFlow names (``attention/self/query``, ``attn/c_attn``, ``LayerNorm``),
+so the table name (``Param.tf``) of a variable is, by construction, the chain of layer names
+from its model down to it followed by the variable's own name (the rule is written once, in
+:func:`encdec_tf.modeling_utils.walk`). Attribute names are the PyTorch backend's, except
+``output``, a read-only property of every Keras layer: that attribute is ``output_`` here (its
+layer is still named "output"). BERT and GPT-2 differ only by flags, as in ``encdec_pt``.
+
+Variables are declared by the primitive layers (``param_specs``) and created once, by the
+model, from the checkpoint's values when loading: nothing is random-initialised first.
+
+Shapes: B batch, T query length, S key length (source, cache + new, or a preallocated cache's
+length L), D model width, H heads, K head width (D / H), I feed-forward width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from encdec_core.configs import ACTIVATIONS, GPT2Config, PretrainedConfig
+from encdec_tf.cache import write_cache
+
+
+def activation(name: str):
+    """HF activation name -> function: exact (erf) GELU or its tanh approximation."""
+    approximate = ACTIVATIONS[name] == "tanh"
+    return lambda x: tf.nn.gelu(x, approximate=approximate)
+
+
+def layer_norm_eps(config: PretrainedConfig) -> float:
+    return config.layer_norm_epsilon if isinstance(config, GPT2Config) else config.layer_norm_eps
+
+
+def dropouts(config: PretrainedConfig) -> tuple[float, float]:
+    """(hidden dropout, attention-probability dropout)."""
+    if isinstance(config, GPT2Config):
+        return config.resid_pdrop, config.attn_pdrop
+    return config.hidden_dropout_prob, config.attention_probs_dropout_prob
+
+
+def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
+    return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
+
+
+def dims(x: tf.Tensor) -> list:
+    """Static sizes where known, dynamic ones (scalar tensors) elsewhere: reshapes work traced too."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+
+
+# ---------------------------------------------------------------------------------- primitives
+class Module(keras.layers.Layer):
+    """A Keras layer whose variables are declared, not built: ``param_specs`` = ((name, shape, init), ...).
+
+    ``init`` is HF's initialisation of a weight the checkpoint does not fill: "normal"
+    (N(0, initializer_range)), "zeros" or "ones". The model creates each variable once and sets
+    it as the attribute ``name`` (see ``modeling_utils.build_variables``). ``tf_path`` replaces
+    the layer's name in table names where HF's path has more than one segment.
+    """
+
+    param_specs: tuple = ()
+    tf_path: str | None = None
+
+    def __init__(self, name: str):
+        super().__init__(name=name)
+        self._allow_non_tensor_positional_args = True  # masks, caches and flags are passed positionally
+
+
+class Dense(Module):
+    """y = x @ kernel + bias, with the (in, out) kernel of Keras and HF-TF."""
+
+    def __init__(self, n_in: int, n_out: int, name: str, use_bias: bool = True):
+        super().__init__(name)
+        self.use_bias = use_bias
+        self.param_specs = (("kernel", (n_in, n_out), "normal"),) + ((("bias", (n_out,), "zeros"),) if use_bias else ())
+
+    def call(self, x):
+        y = tf.matmul(x, self.kernel)  # (..., in) @ (in, out): batch dims broadcast
+        return y + self.bias if self.use_bias else y
+
+
+class Conv1D(Module):
+    """GPT-2's linear layer: ``weight`` (in, out) and a (1, out) ``bias``, as HF-TF stores them."""
+
+    def __init__(self, n_in: int, n_out: int, name: str):
+        super().__init__(name)
+        self.param_specs = (("weight", (n_in, n_out), "normal"), ("bias", (1, n_out), "zeros"))
+
+    def call(self, x):
+        return tf.matmul(x, self.weight) + self.bias
+
+
+class LayerNorm(Module):
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis; eps from the config."""
+
+    def __init__(self, d: int, eps: float, name: str):
+        super().__init__(name)
+        self.eps = eps
+        self.param_specs = (("gamma", (d,), "ones"), ("beta", (d,), "zeros"))
+
+    def call(self, x):
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
+
+
+class Embedding(Module):
+    """A lookup table; HF-TF names its variable "embeddings", or "weight" for BERT's word embeddings."""
+
+    def __init__(self, n: int, d: int, name: str, leaf: str = "embeddings", padding_idx: int | None = None):
+        super().__init__(name)
+        self.leaf, self.padding_idx = leaf, padding_idx  # padding row zeroed at random init, as PT
+        self.param_specs = ((leaf, (n, d), "normal"),)
+
+    @property
+    def table(self):
+        return getattr(self, self.leaf)  # (n, D)
+
+    def call(self, ids):
+        return tf.gather(self.table, ids)
+
+
+# ---------------------------------------------------------------------------------- attention
+def attend(q, k, v, mask, *, scale: float, rate: float, training: bool):
+    """Scaled dot-product attention. q (B,H,T,K), k/v (B,H,S,K), mask additive (B,1,T|1,S)."""
+    scores = tf.matmul(q, k, transpose_b=True) * scale  # (B,H,T,S)
+    if mask is not None:
+        scores = scores + mask
+    probs = tf.nn.softmax(scores, axis=-1)
+    return tf.matmul(dropout(probs, rate, training), v), probs
+
+
+class Attention(Module):
+    """Multi-head attention, self or cross, with HF's BERT or GPT-2 parameter layout.
+
+    BERT layout: ``query``, ``key``, ``value`` dense layers; the output projection lives in the
+    sublayer's ``output`` (see :class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for
+    self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
+    ``past`` is this layer's cached (k, v): reused as is by cross-attention (computed once per
+    generation); extended by self-attention, by concatenation (HF's growing tuples) or, with
+    ``cache_index``, by writing into a preallocated (B,H,L,K) buffer at that position.
+    """
+
+    def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0, name: str):
+        super().__init__(name)
+        d, h = config.hidden_size, config.num_attention_heads
+        kv_in = (config.cross_attention_hidden_size or d) if cross else d
+        self.n_heads, self.head_dim, self.gpt2, self.cross = h, d // h, gpt2, cross
+        self.attn_dropout, self.resid_dropout = dropouts(config)[1], dropouts(config)[0]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if gpt2:
+            scale = scale if config.scale_attn_weights else 1.0
+            if config.scale_attn_by_inverse_layer_idx:
+                scale /= layer_idx + 1
+            if cross:
+                self.q_attn = Conv1D(d, d, "q_attn")
+                self.c_attn = Conv1D(kv_in, 2 * d, "c_attn")
+            else:
+                self.c_attn = Conv1D(d, 3 * d, "c_attn")
+            self.c_proj = Conv1D(d, d, "c_proj")
+        else:
+            self.query = Dense(d, d, "query")
+            self.key = Dense(kv_in, d, "key")
+            self.value = Dense(kv_in, d, "value")
+        self.scale = scale
+
+    def _split(self, x):
+        b, t = dims(x)[:2]
+        return tf.transpose(tf.reshape(x, (b, t, self.n_heads, self.head_dim)), (0, 2, 1, 3))  # (B,H,T,K)
+
+    def _kv(self, kv):
+        if self.gpt2:
+            k, v = tf.split(self.c_attn(kv), 2, axis=-1)
+            return k, v
+        return self.key(kv), self.value(kv)
+
+    def project_kv(self, kv):
+        """Keys and values (B,H,S,K) of ``kv`` (B,S,D): what a cache holds for cross-attention."""
+        k, v = self._kv(kv)
+        return self._split(k), self._split(v)
+
+    def call(self, x, attn_mask=None, kv=None, past=None, cache_index=None, use_cache=False, need_weights=False,
+             training=False):
+        """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None)."""
+        if self.gpt2 and not self.cross:
+            q, k, v = tf.split(self.c_attn(x), 3, axis=-1)
+            k, v = self._split(k), self._split(v)
+        else:
+            q = self.q_attn(x) if self.gpt2 else self.query(x)
+            k, v = past if self.cross and past is not None else self.project_kv(kv if self.cross else x)
+        if past is not None and not self.cross:
+            if cache_index is None:  # growing cache: append this step's keys/values
+                k, v = tf.concat([past[0], k], axis=2), tf.concat([past[1], v], axis=2)
+            else:
+                k, v = write_cache(past[0], k, cache_index), write_cache(past[1], v, cache_index)
+        ctx, probs = attend(self._split(q), k, v, attn_mask, scale=self.scale, rate=self.attn_dropout, training=training)
+        b, _, t, _ = dims(ctx)
+        ctx = tf.reshape(tf.transpose(ctx, (0, 2, 1, 3)), (b, t, self.n_heads * self.head_dim))  # (B,T,D)
+        if self.gpt2:
+            ctx = dropout(self.c_proj(ctx), self.resid_dropout, training)
+        return ctx, ((k, v) if use_cache else None), (probs if need_weights else None)
+
+
+class AddNorm(Module):
+    """BERT's ``output`` sublayer: LayerNorm(dropout(dense(x)) + residual)."""
+
+    def __init__(self, config: PretrainedConfig, n_in: int, name: str = "output"):
+        super().__init__(name)
+        self.dense = Dense(n_in, config.hidden_size, "dense")
+        self.LayerNorm = LayerNorm(config.hidden_size, layer_norm_eps(config), "LayerNorm")
+        self.rate = dropouts(config)[0]
+
+    def call(self, x, residual, training=False):
+        return self.LayerNorm(dropout(self.dense(x), self.rate, training) + residual)
+
+
+class AttentionSublayer(Module):
+    """BERT's ``attention`` / ``crossattention``: ``self`` (the heads) and ``output`` (AddNorm)."""
+
+    def __init__(self, config: PretrainedConfig, *, cross: bool, name: str):
+        super().__init__(name)
+        self.self = Attention(config, gpt2=False, cross=cross, name="self")
+        self.output_ = AddNorm(config, config.hidden_size)
+
+
+class FeedForward(Module):
+    """Position-wise MLP: BERT's ``intermediate.dense`` (the output half is an AddNorm) or GPT-2's ``mlp``."""
+
+    def __init__(self, config: PretrainedConfig, *, gpt2: bool, name: str):
+        super().__init__(name)
+        d, i = config.hidden_size, config.intermediate_size
+        self.gpt2 = gpt2
+        if gpt2:
+            self.c_fc, self.c_proj = Conv1D(d, i, "c_fc"), Conv1D(i, d, "c_proj")
+            self.rate = config.resid_pdrop
+            self.act = activation(config.activation_function)
+        else:
+            self.dense = Dense(d, i, "dense")
+            self.act = activation(config.hidden_act)
+
+    def call(self, x, training=False):
+        if self.gpt2:
+            return dropout(self.c_proj(self.act(self.c_fc(x))), self.rate, training)
+        return self.act(self.dense(x))  # (B,T,I)
+
+
+class Block(Module):
+    """One transformer layer: self-attention, optional cross-attention, feed-forward.
+
+    ``gpt2=False``: BERT post-LN (``x = LN(x + f(x))``); ``gpt2=True``: GPT-2 pre-LN
+    (``x = x + f(LN(x))``). Cross-attention exists when the config has ``add_cross_attention``
+    and runs when encoder states, or their cached keys/values, are given.
+    """
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool, name: str):
+        super().__init__(name)
+        self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
+        d, eps = config.hidden_size, layer_norm_eps(config)
+        if gpt2:
+            self.ln_1 = LayerNorm(d, eps, "ln_1")
+            self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx, name="attn")
+            if self.has_cross:
+                self.crossattention = Attention(config, gpt2=True, cross=True, layer_idx=layer_idx, name="crossattention")
+                self.ln_cross_attn = LayerNorm(d, eps, "ln_cross_attn")
+            self.ln_2 = LayerNorm(d, eps, "ln_2")
+            self.mlp = FeedForward(config, gpt2=True, name="mlp")
+        else:
+            self.attention = AttentionSublayer(config, cross=False, name="attention")
+            if self.has_cross:
+                self.crossattention = AttentionSublayer(config, cross=True, name="crossattention")
+            self.intermediate = FeedForward(config, gpt2=False, name="intermediate")
+            self.output_ = AddNorm(config, config.intermediate_size)
+
+    def attention_layers(self) -> tuple[Attention, Attention | None]:
+        """(self-attention, cross-attention or None): the layers that own this block's cache."""
+        cross = getattr(self, "crossattention", None)
+        if self.gpt2:
+            return self.attn, cross
+        return self.attention.self, (cross.self if cross is not None else None)
+
+    def _sublayer(self, x, norm, attn, out, training, **kw):
+        """Run one attention sublayer in this block's LayerNorm order."""
+        if self.gpt2:
+            ctx, present, probs = attn(norm(x), training=training, **kw)
+            return x + ctx, present, probs
+        ctx, present, probs = attn(x, training=training, **kw)
+        return out(ctx, x, training=training), present, probs
+
+    def call(self, x, attn_mask=None, enc=None, cross_mask=None, past=None, cache_index=None, use_cache=False,
+             need_weights=False, training=False):
+        """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs)."""
+        g = self.gpt2
+        kw = dict(use_cache=use_cache, need_weights=need_weights, training=training)
+        self_attn, cross_attn = self.attention_layers()
+        x, present, p_self = self._sublayer(
+            x, getattr(self, "ln_1", None), self_attn, None if g else self.attention.output_,
+            attn_mask=attn_mask, past=None if past is None else past[:2], cache_index=cache_index, **kw,
+        )
+        p_cross = None
+        cross_past = None if past is None or len(past) < 4 else past[2:]
+        if self.has_cross and (enc is not None or cross_past is not None):
+            x, present_x, p_cross = self._sublayer(
+                x, getattr(self, "ln_cross_attn", None), cross_attn, None if g else self.crossattention.output_,
+                attn_mask=cross_mask, kv=enc, past=cross_past, **kw,
+            )
+            present = present + present_x if use_cache else None
+        if g:
+            x = x + self.mlp(self.ln_2(x), training=training)
+        else:
+            x = self.output_(self.intermediate(x), x, training=training)
+        return x, present, p_self, p_cross
+
+
+# ---------------------------------------------------------------------------------- masks
+def additive_mask(keep, dtype=tf.float32) -> tf.Tensor:
+    """Boolean mask of positions to attend to -> additive mask (0 or the dtype's minimum).
+
+    The minimum (not -inf) keeps an all-padding row finite: softmax over it is uniform, not NaN.
+    """
+    return (1.0 - tf.cast(keep, dtype)) * dtype.min
+
+
+def self_attention_mask(attention_mask, t, key_len, past, *, causal: bool):
+    """Padding mask (B, S) and causality -> additive (B,1,T,S), or None if nothing is masked.
+
+    Query ``i`` sits at position ``past + i`` and sees keys ``s <= past + i``; ``past`` may be a
+    scalar tensor (a cache index), so one compiled step serves every position.
+    """
+    keep = None
+    if attention_mask is not None:
+        keep = tf.cast(attention_mask, tf.bool)[:, None, None, :]  # (B,1,1,S)
+    if causal:
+        q_pos = tf.cast(past, tf.int32) + tf.range(t)
+        tri = (tf.range(key_len)[None, :] <= q_pos[:, None])[None, None]  # (1,1,T,S)
+        keep = tri if keep is None else keep & tri
+    return None if keep is None else additive_mask(keep)
+
+
+def cross_attention_mask(encoder_attention_mask):
+    """(B, S) encoder padding mask -> additive (B,1,1,S), or None."""
+    if encoder_attention_mask is None:
+        return None
+    return additive_mask(tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :])
+
+
+def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, cache_index, use_cache, output_attentions,
+               output_hidden_states, training):
+    """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
+    hidden, attns, cross_attns, presents = [], [], [], []
+    for i, block in enumerate(blocks):
+        if output_hidden_states:
+            hidden.append(x)
+        past = None if past_key_values is None else past_key_values[i]
+        x, present, p_self, p_cross = block(x, mask, enc, enc_mask, past, cache_index, use_cache, output_attentions,
+                                            training=training)
+        presents.append(present)
+        attns.append(p_self)
+        cross_attns.append(p_cross)
+    has_cross = any(p is not None for p in cross_attns)
+    return x, {
+        "hidden_states": hidden,
+        "past_key_values": tuple(presents) if use_cache else None,
+        "attentions": tuple(attns) if output_attentions else None,
+        "cross_attentions": tuple(cross_attns) if output_attentions and has_cross else None,
+    }

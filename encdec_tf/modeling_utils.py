@@ -1,0 +1,369 @@
+"""Variables, loading and saving of the Keras models, through the core tables and ``conversion.mapping``.
+
+**Names.** A variable's table name (``Param.tf``: HF's TF name without model scope and ``:0``)
+is made by construction, by one rule (:func:`walk`): the chain of layer names (or a layer's
+``tf_path``) from its model down to the layer that declares it, then the variable's name. A
+model splices its sub-models in as the core tables do: a base model adds its scope ("bert",
+"roberta", "transformer"), an LM adds nothing before its base, the encoder-decoder puts its
+parts under "encoder" and "decoder". The names are checked against the table when the
+variables are made, so a layer named wrongly fails at once, not at load time.
+
+**No double initialisation.** Layers only declare their variables (``param_specs``). A model
+creates them once (:meth:`PreTrainedModel.build_variables`), each from the checkpoint's array
+when loading, or HF's initialiser for what the checkpoint lacks (cross-attention, projection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from conversion.mapping import from_framework, to_framework
+from encdec_core import checkpoint as ckpt_io
+from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.hub import resolve_checkpoint
+from encdec_core.loading import plan_load
+from encdec_core.report import LoadingReport
+from encdec_core.tables import Param, Tie, model_table, model_ties
+
+logger = logging.getLogger("encdec")
+HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
+_DEFERRED = contextvars.ContextVar("encdec_tf_deferred", default=False)
+
+
+def check_ids(config: PretrainedConfig, ids, name: str) -> None:
+    """Token ids must be in [0, vocab_size): checked eagerly (a traced graph cannot raise our error)."""
+    if ids is None or not tf.executing_eagerly():
+        return
+    ids = tf.convert_to_tensor(ids)
+    if ids.dtype.is_floating:
+        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype.name}")
+    if tf.size(ids) and (int(tf.reduce_min(ids)) < 0 or int(tf.reduce_max(ids)) >= config.vocab_size):
+        bad = int(tf.reduce_min(ids)) if int(tf.reduce_min(ids)) < 0 else int(tf.reduce_max(ids))
+        raise InputError(f"{name} holds token id {bad}, expected ids in [0, {config.vocab_size}) (vocab_size)")
+
+
+@contextlib.contextmanager
+def defer_variables() -> Iterator[None]:
+    """Models constructed inside make no variables: their parent (or the loader) makes them all at once."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+class Slot(NamedTuple):
+    """One declared variable: its table name, the layer that owns it, and how to initialise it."""
+
+    name: str  # Param.tf
+    layer: keras.layers.Layer
+    leaf: str  # attribute and variable name
+    shape: tuple[int, ...]
+    init: str  # normal | zeros | ones
+    std: float  # the owning model's initializer_range
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix and name else prefix or name
+
+
+def walk(layer: keras.layers.Layer, prefix: str, std: float) -> Iterator[Slot]:
+    """The naming rule: ``prefix / layer names (or tf_path) ... / variable name``; sub-models are skipped."""
+    for leaf, shape, init in getattr(layer, "param_specs", ()):
+        yield Slot(_join(prefix, leaf), layer, leaf, tuple(shape), init, std)
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if not isinstance(child, PreTrainedModel):  # a model lists its own (param_slots)
+            yield from walk(child, _join(prefix, getattr(child, "tf_path", None) or child.name), std)
+
+
+def prefix_slots(slots: Iterator[Slot], prefix: str) -> Iterator[Slot]:
+    return (s._replace(name=_join(prefix, s.name)) for s in slots)
+
+
+def _initializer(slot: Slot):
+    if slot.init == "zeros":
+        return keras.initializers.Zeros()
+    if slot.init == "ones":
+        return keras.initializers.Ones()
+    normal = keras.initializers.RandomNormal(0.0, slot.std)
+    pad = getattr(slot.layer, "padding_idx", None)
+    if pad is None:
+        return normal
+    # PyTorch's nn.Embedding(padding_idx=...) starts the padding row at zero; so do we.
+    return lambda shape, dtype=None: tf.tensor_scatter_nd_update(normal(shape, dtype), [[pad]], tf.zeros((1, shape[1])))
+
+
+class PreTrainedModel(keras.Model):
+    """Base of every encdec Keras model: config, weight table, variables, load and save."""
+
+    config_class: type[PretrainedConfig] = PretrainedConfig
+    role = "encoder"  # encoder | decoder: which table describes the stored weights
+    base_model_prefix = ""
+
+    def __init__(self, config: PretrainedConfig, name: str | None = None):
+        super().__init__(name=name)
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} expected a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def _finish_init(self) -> None:
+        """End of a concrete ``__init__``: make the variables now, unless a parent or loader will."""
+        if not _DEFERRED.get():
+            self.build_variables()
+
+    # ------------------------------------------------------------------ tables and names
+    def weight_table(self) -> list[Param]:
+        """The stored weights of this model (canonical names), from the core tables."""
+        return model_table(self.config, self.role, add_pooling_layer=getattr(self, "pooler", None) is not None)
+
+    def weight_ties(self) -> list[Tie]:
+        return model_ties(self.config, self.role)
+
+    def tf_params(self) -> list[Param]:
+        """Every TF variable's param, tied ones included (TF and HF's h5 keep both sides of a tie)."""
+        return self.weight_table()
+
+    def tf_ties(self) -> dict[str, str]:
+        """Tied variable -> the variable it is (table names); ties without a TF variable are dropped."""
+        to_tf = {p.pt: p.tf for p in self.tf_params()}
+        return {to_tf[t.pt]: to_tf[t.source] for t in self.weight_ties() if t.pt in to_tf and t.source in to_tf}
+
+    def init_std(self) -> float:
+        return self.config.initializer_range
+
+    def param_slots(self) -> Iterator[Slot]:
+        """Every declared variable, named by :func:`walk`; sub-models override to splice theirs in."""
+        return walk(self, getattr(self, "scope", ""), self.init_std())
+
+    def named_variables(self) -> dict[str, Any]:
+        """``{table name: variable}`` (tied names map to their shared variable)."""
+        return {s.name: getattr(s.layer, s.leaf) for s in self.param_slots()}
+
+    # ------------------------------------------------------------------ variables
+    def build_variables(self, values: Mapping[str, np.ndarray] | None = None) -> None:
+        """Create every variable not made yet: from ``values`` (table name -> TF-layout array) or its initialiser."""
+        slots = list(self.param_slots())
+        expected = {p.tf: p for p in self.tf_params()}
+        if {s.name for s in slots} != set(expected):  # a naming bug in a layer, never a user error
+            raise RuntimeError(f"{type(self).__name__}: variable names differ from the table: "
+                               f"{sorted({s.name for s in slots} ^ set(expected))[:10]}")
+        ties = self.tf_ties()
+        for s in slots:
+            if s.name in ties or isinstance(getattr(s.layer, s.leaf, None), keras.Variable):
+                continue
+            if values is not None and s.name in values:
+                init = lambda shape, dtype=None, a=values[s.name]: a  # noqa: E731  (the checkpoint's array)
+            else:
+                init = _initializer(s)
+            setattr(s.layer, s.leaf, s.layer.add_weight(name=s.leaf, shape=s.shape, initializer=init, dtype="float32"))
+        self.tie_weights()
+        for layer in self._flatten_layers(include_self=True, recursive=True):
+            layer.built = True
+
+    def tie_weights(self) -> None:
+        """Make each tied variable the very variable it is tied to (one variable, two names)."""
+        slots = {s.name: s for s in self.param_slots()}
+        for tied, source in self.tf_ties().items():
+            s, var = slots[tied], getattr(slots[source].layer, slots[source].leaf)
+            old = getattr(s.layer, s.leaf, None)
+            if old is not var:
+                if old is not None:  # what Keras' __delattr__ does, minus its gc.collect() per variable
+                    s.layer._untrack_variable(old)
+                setattr(s.layer, s.leaf, var)
+
+    def _canonical_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical (PT-layout) shape of every stored weight, before any variable exists."""
+        tf_shapes = {s.name: s.shape for s in self.param_slots()}
+        views = {p.tf: np.broadcast_to(np.float32(0), tf_shapes[p.tf]) for p in self.weight_table()}  # no memory
+        return {k: tuple(v.shape) for k, v in from_framework(views, self.weight_table(), "tf").items()}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
+                        from_pt: bool = False, strict: bool = False, output_loading_info: bool = False,
+                        log_report: bool = True, **kwargs):
+        """Load from a local folder or a Hub repo id (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
+
+        Reads the canonical checkpoint (``model.safetensors``, PyTorch names; what every encdec
+        backend writes), Transformers' ``tf_model.h5`` (single or sharded), TF-format
+        safetensors and ``pytorch_model.bin``. ``from_pt=True`` (HF's flag, accepted for
+        compatibility) insists on PyTorch weights. Other keyword arguments set config fields;
+        ``strict=True`` raises one error listing every missing or unexpected key.
+        """
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        folder = resolve_checkpoint(name_or_path, **hub)
+        if config is None:
+            config = load_config(folder)
+        config = with_overrides(config, kwargs)
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(
+                f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
+                f"{cls.__name__} (expects {cls.config_class.model_type!r})"
+            )
+        with defer_variables():
+            model = cls(config, *model_args)
+        report = load_weights(model, folder, from_pt=from_pt)
+        report.raise_if(strict)
+        if log_report:
+            report.log(logger)
+        return (model, report) if output_loading_info else model
+
+    # ------------------------------------------------------------------ saving
+    def config_to_save(self) -> dict:
+        cfg = self.config.to_dict()
+        cfg["architectures"] = [self.pt_class_name()]
+        return cfg
+
+    def pt_class_name(self) -> str:
+        """The class name the checkpoint records: the PyTorch one, as Transformers' TF models write."""
+        return type(self).__name__.removeprefix("TF")
+
+    def generation_config_to_save(self) -> dict | None:
+        return None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None,
+                        save_format: str = "safetensors") -> Path:
+        """Write config.json, generation_config.json (if any) and the weights, atomically.
+
+        ``save_format="safetensors"`` (default) writes the canonical ``model.safetensors``:
+        PyTorch names and layouts, metadata ``{"format": "pt"}``, which every encdec backend and
+        Transformers' PyTorch classes load with no flag. ``save_format="h5"`` writes
+        Transformers' ``tf_model.h5`` instead. ``max_shard_size`` ("200MB", bytes) shards either.
+        """
+        if save_format not in ("safetensors", "h5"):
+            raise InputError(f"save_format expected 'safetensors' or 'h5', got {save_format!r}")
+        named = self.named_variables()
+        folder = Path(save_directory)
+        with ckpt_io.atomic_write_dir(folder) as tmp:
+            cfg = self.config_to_save()
+            cfg["dtype"] = "float32"
+            ckpt_io.write_json(tmp / ckpt_io.CONFIG_NAME, cfg)
+            gen = self.generation_config_to_save()
+            if gen:
+                ckpt_io.write_json(tmp / ckpt_io.GENERATION_CONFIG_NAME, gen)
+            if save_format == "safetensors":
+                params = self.weight_table()
+                arrays = from_framework({p.tf: named[p.tf].numpy() for p in params}, params, "tf")
+                ckpt_io.save_safetensors(arrays, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
+            else:
+                from conversion.tf_h5 import write_tf_h5
+
+                arrays = {p.tf: named[p.tf].numpy() for p in self.tf_params()}
+                write_tf_h5(arrays, tmp, scope=self.name, keras_version=keras.__version__, max_shard_size=max_shard_size)
+        return folder
+
+
+def with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
+    """A copy of ``config`` with fields set from keyword arguments (``is_decoder=True``)."""
+    if not overrides:
+        return config
+    config = config.copy()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    try:
+        config.__post_init__()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
+    return config
+
+
+# ---------------------------------------------------------------------------------- reading
+class State(NamedTuple):
+    """A checkpoint seen through canonical names: shapes, and a getter of float32 PT-layout arrays."""
+
+    shapes: dict[str, tuple[int, ...]]
+    get: Any  # canonical key -> np.ndarray
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 else a.astype(np.float32)  # the Keras models compute in float32
+
+
+def _tf_named(keys: Mapping[str, tuple[int, ...]], read, params: list[Param]) -> State:
+    """TF-named weights (h5, TF safetensors) seen as canonical ones, through the table's ops.
+
+    Keys the table does not know keep their TF name (and are reported unexpected).
+    """
+    by_tf = {p.tf: p for p in params}
+    known = [by_tf[k] for k in keys if k in by_tf]
+    views = {p.tf: np.broadcast_to(np.float32(0), keys[p.tf]) for p in known}
+    shapes = {k: tuple(v.shape) for k, v in from_framework(views, known, "tf").items()}
+    shapes.update({k: tuple(s) for k, s in keys.items() if k not in by_tf})
+    to_tf = {p.pt: p for p in known}
+
+    def get(key: str) -> np.ndarray:
+        p = to_tf[key]
+        return from_framework({p.tf: read(p.tf)}, [p], "tf")[p.pt]
+
+    return State(shapes, get)
+
+
+@contextlib.contextmanager
+def open_state(folder: Path, params: list[Param], *, from_pt: bool = False) -> Iterator[State]:
+    """The weights in ``folder`` under canonical names, whatever their format."""
+    from conversion.tf_h5 import TFH5Reader, has_tf_h5, strip_name
+
+    if (folder / ckpt_io.SAFE_WEIGHTS_NAME).exists() or (folder / ckpt_io.SAFE_WEIGHTS_INDEX_NAME).exists():
+        reader = ckpt_io.CheckpointReader(folder)
+        try:
+            fmt = (reader.metadata or {}).get("format", "pt")
+            if fmt not in ("pt", "tf") or (fmt == "tf" and from_pt):
+                raise CheckpointError(
+                    f"{folder}: model.safetensors holds {fmt!r}-format weights; TensorFlow reads the canonical "
+                    f"'pt' format{'' if from_pt else ' or TF-format safetensors'} (convert it with `encdec convert`)"
+                )
+
+            def read(key: str) -> np.ndarray:
+                try:
+                    return _float32(reader.get(key))
+                except CheckpointError:  # bf16 / fp8: numpy cannot hold them, TensorFlow can
+                    return reader.get(key, "tf").numpy().astype(np.float32)
+
+            if fmt == "pt":
+                yield State({k: tuple(reader.shape(k)) for k in reader.keys()}, read)
+            else:  # Transformers' TF safetensors: the TF names, with ":0"
+                names = {strip_name(k, scoped=False): k for k in reader.keys()}
+                yield _tf_named({n: tuple(reader.shape(k)) for n, k in names.items()}, lambda n: read(names[n]), params)
+        finally:
+            reader.close()
+    elif has_tf_h5(folder) and not from_pt:
+        with TFH5Reader(folder) as h5:
+            yield _tf_named({k: h5.shape(k) for k in h5.keys()}, lambda n: _float32(h5.get(n)), params)
+    elif (folder / ckpt_io.PT_WEIGHTS_NAME).exists() or (folder / ckpt_io.PT_WEIGHTS_INDEX_NAME).exists():
+        from conversion.pt_bin import read_pytorch_bin
+
+        state = read_pytorch_bin(folder)  # torch tensors: reading a pickle needs torch
+        yield State({k: tuple(v.shape) for k, v in state.items()}, lambda k: state[k].float().numpy())
+    else:
+        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        wanted = "model.safetensors or pytorch_model.bin" if from_pt else "model.safetensors, tf_model.h5 or pytorch_model.bin"
+        raise CheckpointError(
+            f"{folder}: no {'PyTorch ' if from_pt else ''}weights found; expected {wanted} "
+            f"(or a sharded index); the folder holds {present}"
+        )
+
+
+def load_weights(model: PreTrainedModel, folder: Path, *, from_pt: bool = False) -> LoadingReport:
+    """Make ``model``'s variables from the checkpoint in ``folder``; initialise what it lacks."""
+    params = model.weight_table()
+    with open_state(folder, model.tf_params(), from_pt=from_pt) as state:
+        plan = plan_load(params, state.shapes, model._canonical_shapes(), ties=model.weight_ties(),
+                         base_prefix=model.base_model_prefix, source=str(folder))
+        if plan.report.mismatched:
+            plan.report.raise_if(True)
+        arrays = {name: state.get(key) for name, key in plan.sources.items()}
+    model.build_variables(to_framework(arrays, params, "tf", missing="ignore"))
+    return plan.report
