@@ -184,6 +184,37 @@ class GenerationPlan:
         return self.max_length - self.prompt_length
 
 
+def derived_tokens(gen: GenerationConfig) -> dict[str, Any]:
+    """Snapshot of the special tokens of a config derived from the model config (else empty)."""
+    return {k: getattr(gen, k) for k in SPECIAL_TOKENS} if gen.extra.get("_from_model_config") else {}
+
+
+def config_for_call(gen: GenerationConfig, model_config: Any, derived: dict[str, Any], overrides: dict[str, Any]) -> GenerationConfig:
+    """The settings of one generate() call: ``gen`` + ``overrides``.
+
+    A config derived from the model config follows later edits of the model config's special
+    tokens (the seed's workflow sets ``model.config.decoder_start_token_id`` after building),
+    unless that token was changed on the generation config itself (``derived`` is the snapshot).
+    """
+    if not isinstance(gen, GenerationConfig):
+        raise GenerationError(f"generation_config expected an encdec GenerationConfig, got {type(gen).__name__}")
+    if gen.extra.get("_from_model_config"):
+        fresh = GenerationConfig.from_model_config(model_config)
+        gen = gen.update(**{k: getattr(fresh, k) for k in derived if getattr(gen, k) == derived[k]})
+    return gen.update(**overrides)
+
+
+def start_token_id(gen: GenerationConfig) -> int:
+    """The decoder start token: ``decoder_start_token_id``, else ``bos_token_id``; a clear error if neither."""
+    start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
+    if start is None:
+        raise GenerationError(
+            "generate: no decoder_start_token_id (nor bos_token_id) is set: set model.config.decoder_start_token_id "
+            "(e.g. the tokenizer's cls/bos id) or pass decoder_start_token_id=..."
+        )
+    return _as_ids(start, "decoder_start_token_id")[0]
+
+
 def _as_ids(value: Any, name: str) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -202,13 +233,7 @@ def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int) -> Ge
                 f"generation_config.{key}={gen.extra[key]!r} is not supported by encdec "
                 f"(set it to {neutral!r}); supported strategies: greedy, beam search, sampling"
             )
-    start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
-    if start is None:
-        raise GenerationError(
-            "generate: no decoder_start_token_id (nor bos_token_id) is set: set model.config.decoder_start_token_id "
-            "(e.g. the tokenizer's cls/bos id) or pass decoder_start_token_id=..."
-        )
-    (start,) = _as_ids(start, "decoder_start_token_id")
+    start = start_token_id(gen)
     eos = _as_ids(gen.eos_token_id, "eos_token_id")
     pad = gen.pad_token_id
     if pad is None and eos:
@@ -268,4 +293,5 @@ def bad_words_for(gen: GenerationConfig, eos_ids: tuple[int, ...]) -> list[tuple
     return [tuple(w) for w in gen.bad_words_ids or [] if not (len(w) == 1 and w[0] in eos_ids)]
 
 
-__all__ = ["GenerationConfig", "GenerationPlan", "resolve", "bad_words_for", "SPECIAL_TOKENS", "UNSUPPORTED"]
+__all__ = ["GenerationConfig", "GenerationPlan", "resolve", "bad_words_for", "config_for_call", "derived_tokens",
+           "start_token_id", "SPECIAL_TOKENS", "UNSUPPORTED"]

@@ -21,7 +21,7 @@ from torch import nn
 
 from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig
 from encdec_core.errors import ConfigError, InputError
-from encdec_core.generation import SPECIAL_TOKENS, GenerationConfig
+from encdec_core.generation import GenerationConfig
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
@@ -75,11 +75,6 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
         )
         self.tie_weights()
         self.set_generation_config(GenerationConfig.from_model_config(config))
-
-    def set_generation_config(self, gen: GenerationConfig) -> None:
-        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
-        self.generation_config = gen
-        self._derived_tokens = {k: getattr(gen, k) for k in SPECIAL_TOKENS} if gen.extra.get("_from_model_config") else {}
 
     # ------------------------------------------------------------------ tables, accessors
     def weight_table(self) -> list[Param]:

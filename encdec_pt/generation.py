@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from encdec_core.errors import InputError
-from encdec_core.generation import GenerationConfig, GenerationPlan, bad_words_for, resolve
+from encdec_core.generation import (
+    GenerationConfig,
+    GenerationPlan,
+    bad_words_for,
+    config_for_call,
+    derived_tokens,
+    resolve,
+)
 from encdec_core.outputs import BaseModelOutput, GenerateOutput
 from encdec_pt.layers import Cache
 
@@ -297,16 +304,14 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, plan: GenerationPlan, pr
 class GenerationMixin:
     """``generate`` for :class:`~encdec_pt.EncoderDecoderModel`."""
 
+    def set_generation_config(self, gen: GenerationConfig) -> None:
+        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
+        self.generation_config = gen
+        self._derived_tokens = derived_tokens(gen)
+
     def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
         gen = generation_config if generation_config is not None else self.generation_config
-        if not isinstance(gen, GenerationConfig):
-            raise InputError(f"generation_config expected an encdec GenerationConfig, got {type(gen).__name__}")
-        if gen.extra.get("_from_model_config"):  # tokens set on model.config later still count (as HF)
-            fresh = GenerationConfig.from_model_config(self.config)
-            derived = getattr(self, "_derived_tokens", {})
-            tokens = {k: getattr(fresh, k) for k in derived if getattr(gen, k) == derived[k]}
-            gen = gen.update(**tokens)
-        return gen.update(**kwargs)
+        return config_for_call(gen, self.config, getattr(self, "_derived_tokens", {}), kwargs)
 
     def _encode_for_generation(self, input_ids, attention_mask, encoder_outputs, pad_id, eos_ids):
         if encoder_outputs is None:
