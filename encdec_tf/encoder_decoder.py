@@ -310,12 +310,6 @@ class TFEncoderDecoderModel(PreTrainedModel):
         )
         return out if return_dict else out.to_tuple()
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Without a loss in ``compile()``, ``fit`` trains on the model's own loss (batches carry ``labels``)."""
-        if self._compile_loss is None and getattr(y_pred, "loss", None) is not None:
-            return y_pred.loss + tf.add_n(self.losses) if self.losses else y_pred.loss
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-
     # ------------------------------------------------------------------ cached decoding
     def init_cache(self, batch_size: int, max_length: int, encoder_outputs, attention_mask=None) -> DecoderCache:
         """An empty decoder cache of ``max_length`` positions for ``batch_size`` rows.

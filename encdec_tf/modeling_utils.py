@@ -190,6 +190,19 @@ class PreTrainedModel(keras.Model):
         views = {p.tf: np.broadcast_to(np.float32(0), tf_shapes[p.tf]) for p in self.weight_table()}  # no memory
         return {k: tuple(v.shape) for k, v in from_framework(views, self.weight_table(), "tf").items()}
 
+    # ------------------------------------------------------------------ Keras training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Without a loss in ``compile()``, ``fit``/``evaluate`` use the model's own loss (from ``labels``)."""
+        if self._compile_loss is None and getattr(y_pred, "loss", None) is not None:
+            return y_pred.loss + tf.add_n(self.losses) if self.losses else y_pred.loss
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def train_step(self, data):
+        return super().train_step(_labels_into_inputs(data, self._compile_loss))
+
+    def test_step(self, data):
+        return super().test_step(_labels_into_inputs(data, self._compile_loss))
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
@@ -264,6 +277,14 @@ class PreTrainedModel(keras.Model):
                 arrays = {p.tf: named[p.tf].numpy() for p in self.tf_params()}
                 write_tf_h5(arrays, tmp, scope=self.name, keras_version=keras.__version__, max_shard_size=max_shard_size)
         return folder
+
+
+def _labels_into_inputs(data, compiled_loss):
+    """``fit(x_dict, y)`` with no loss compiled: ``y`` are the labels, passed to the model as Transformers' TF models do."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if compiled_loss is None and y is not None and isinstance(x, Mapping) and "labels" not in x:
+        return keras.utils.pack_x_y_sample_weight({**x, "labels": y}, None, sample_weight)
+    return data
 
 
 def with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:

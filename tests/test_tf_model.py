@@ -277,6 +277,16 @@ def test_output_fields_and_shapes(bert2gpt2):
     assert out.past_key_values[0][0].shape == (3, 3, 7, 12) and out.past_key_values[0][2].shape == (3, 3, 11, 12)
 
 
+def test_inputs_embeds_stand_for_ids(bert2gpt2):
+    e = expected("bert2gpt2")
+    b = batch(e, "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+    by_ids = bert2gpt2(**b).logits
+    embeds = tf.gather(bert2gpt2.encoder.get_input_embeddings().table, b.pop("input_ids"))
+    dec_embeds = tf.gather(bert2gpt2.decoder.get_input_embeddings().table, b.pop("decoder_input_ids"))
+    assert_close(bert2gpt2(inputs_embeds=embeds, decoder_inputs_embeds=dec_embeds, **b).logits, by_ids,
+                 what="inputs_embeds")
+
+
 def test_decoder_kwargs_are_routed(bert2gpt2):
     b = _batch(expected("bert2gpt2"))
     shifted = bert2gpt2(**b, decoder_position_ids=tf.range(1, 8)[None]).logits

@@ -14,7 +14,7 @@ from encdec_core.toy import BOS, PAD, reverse_task
 from encdec_pt import EncoderDecoderModel
 from encdec_tf import TFEncoderDecoderModel
 from tests.conftest import FIXTURES, expected
-from tests.tolerances import GRAD_ATOL, max_abs_diff
+from tests.tolerances import GRAD_ATOL, assert_close, max_abs_diff
 
 VOCAB = 24
 
@@ -44,6 +44,10 @@ def test_fit_on_dict_batches_learns_the_toy_task():
     losses = history.history["loss"]  # per-epoch means
     assert losses[-1] < 0.5 * losses[0], losses
     test = next(iter(_dataset(64, seed=99).batch(64)))
+    # (x, y) batches: y are the labels, as with Transformers' TF models (test_step run eagerly: no second trace)
+    x = {k: v for k, v in test.items() if k != "labels"}
+    model.reset_metrics()  # the loss tracker still averages fit's last epoch
+    assert_close(model.test_step((x, test["labels"]))["loss"], model(test).loss, what="test_step on (x, y)")
     pred = tf.argmax(model(test).logits, -1).numpy()
     other = tf.argmax(model({**test, "input_ids": tf.roll(test["input_ids"], 1, axis=0)}).logits, -1).numpy()
     assert (pred != other).mean() > 0.3  # predictions read the source through cross-attention
