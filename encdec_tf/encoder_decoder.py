@@ -17,18 +17,14 @@ Generation (built on top by the decoding loop) uses the cached step::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
-from conversion.mapping import from_framework, to_framework
 from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig, load_config
 from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
@@ -38,13 +34,13 @@ from encdec_core.report import LoadingReport
 from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
 from encdec_tf import models as _models  # noqa: F401  (registers the architectures)
+from encdec_tf.adopt import adopt_config
 from encdec_tf.cache import DecoderCache
 from encdec_tf.layers import Dense
 from encdec_tf.modeling_utils import (
     HUB_KWARGS,
     PreTrainedModel,
     defer_variables,
-    open_state,
     prefix_slots,
     walk,
 )
@@ -52,12 +48,6 @@ from encdec_tf.models import masked_cross_entropy
 
 logger = logging.getLogger("encdec")
 WRAPPER_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
-# config fields that fix variable shapes: an assigned config must agree on them
-_SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "max_position_embeddings", "type_vocab_size", "add_cross_attention",
-                 "cross_attention_hidden_size", "tie_word_embeddings")
-
-
 class TFEncoderDecoderModel(PreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder, in Keras 3.
 
@@ -72,8 +62,9 @@ class TFEncoderDecoderModel(PreTrainedModel):
     the config's special tokens and, for a warm-started model whose ``enc_to_dec_proj`` is
     still new, loads that projection from the checkpoint the config was read from, after
     checking that this checkpoint holds exactly this model's encoder and decoder weights (the
-    per-part saves of PyTorch cannot hold the projection). Loading the PyTorch checkpoint
-    directly with :meth:`from_pretrained` is simpler and is the recommended path.
+    per-part saves of PyTorch cannot hold the projection; see :mod:`encdec_tf.adopt`).
+    Loading the PyTorch checkpoint directly with :meth:`from_pretrained` is simpler and is
+    the recommended path.
     """
 
     config_class = EncoderDecoderConfig
@@ -123,70 +114,7 @@ class TFEncoderDecoderModel(PreTrainedModel):
         if "_config" not in self.__dict__:  # set by __init__
             self._config = config
             return
-        self._adopt_config(config)
-
-    def _adopt_config(self, config: EncoderDecoderConfig) -> None:
-        """Take ``config`` (e.g. a PyTorch model's): same shapes required; sub-model configs follow it."""
-        if not isinstance(config, EncoderDecoderConfig):
-            raise ConfigError(f"TFEncoderDecoderModel.config expected an EncoderDecoderConfig, got {type(config).__name__}")
-        if self._config.tie_encoder_decoder and not config.tie_encoder_decoder:
-            raise ConfigError("TFEncoderDecoderModel.config: the assigned config unties encoder and decoder, whose "
-                              "variables are shared here; build a new model from it instead")
-        for side in ("encoder", "decoder"):
-            ours, theirs = getattr(self, side).config, getattr(config, side)
-            diff = [f for f in _SHAPE_FIELDS if getattr(ours, f, None) != getattr(theirs, f, None)]
-            if type(ours) is not type(theirs) or diff:
-                raise ConfigError(
-                    f"TFEncoderDecoderModel.config: the assigned {side} config does not fit this model's weights "
-                    f"({type(theirs).__name__} vs {type(ours).__name__}; differing fields: {diff})"
-                )
-        tie = config.tie_encoder_decoder and not self._config.tie_encoder_decoder
-        self._config = config
-        self.encoder.config, self.decoder.config = config.encoder, config.decoder
-        if tie:
-            self._tie_equal_copies()
-        if self.enc_to_dec_proj is not None and self._warm_started_projection:
-            self._recover_projection(getattr(config, "_name_or_path", None))
-
-    def _tie_equal_copies(self) -> None:
-        """A tying config on separate variables (warm-started from a tied model's parts): share them if equal."""
-        named = self.named_variables()
-        if differ := [t for t, src in self.tf_ties().items() if not np.array_equal(named[t].numpy(), named[src].numpy())]:
-            raise ConfigError(f"TFEncoderDecoderModel.config: tie_encoder_decoder is set, but the encoder weights "
-                              f"differ from the decoder's they would be tied to (first: {differ[0]})")
-        self.tie_weights()
-
-    def _recover_projection(self, source: str | None) -> None:
-        """Load ``enc_to_dec_proj`` from ``source`` if that checkpoint holds this very encoder and decoder."""
-        why = self._projection_from(Path(source)) if source else "the config records no checkpoint folder"
-        if why:
-            logger.warning("enc_to_dec_proj stays newly initialised: %s; load the seq2seq checkpoint with "
-                           "TFEncoderDecoderModel.from_pretrained(...) instead", why)
-            return
-        self._warm_started_projection = False
-        report = getattr(self, "loading_report", None)
-        if report is not None:
-            new = [k for k in report.expected_new if not k.startswith("enc_to_dec_proj.")]
-            self.loading_report = dataclasses.replace(report, expected_new=new)
-        logger.info("enc_to_dec_proj loaded from %s, the checkpoint the assigned config was read from", source)
-
-    def _projection_from(self, folder: Path) -> str | None:
-        """Assign the projection from ``folder``; return why not, or None when done."""
-        params = self.weight_table()
-        proj = [p for p in params if p.group == "proj"]
-        named = self.named_variables()
-        with open_state(folder, self.tf_params()) as state:
-            if absent := [p.pt for p in params if p.pt not in state.shapes]:
-                return f"{folder} lacks {absent[0]}"
-            for p in params:  # the projection belongs to the weights it was trained with
-                if p.group != "proj":
-                    ours = from_framework({p.tf: named[p.tf].numpy()}, [p], "tf")[p.pt]
-                    if not np.array_equal(ours, state.get(p.pt)):
-                        return f"{folder} holds other weights than this model's (first: {p.pt})"
-            values = to_framework({p.pt: state.get(p.pt) for p in proj}, proj, "tf")
-        for p in proj:
-            named[p.tf].assign(values[p.tf])
-        return None
+        adopt_config(self, config)
 
     # ------------------------------------------------------------------ tables, accessors
     def weight_table(self) -> list[Param]:
