@@ -225,8 +225,12 @@ def _as_ids(value: Any, name: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int) -> GenerationPlan:
-    """Check ``gen`` for one call and work out its lengths, special tokens and strategy."""
+def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int,
+            max_positions: int | None = None) -> GenerationPlan:
+    """Check ``gen`` for one call and work out its lengths, special tokens and strategy.
+
+    ``max_positions``: the decoder's position-embedding count, which ``max_length`` must not exceed.
+    """
     for key, neutral in UNSUPPORTED.items():
         if gen.extra.get(key, neutral) not in (neutral, None):
             raise GenerationError(
@@ -251,6 +255,11 @@ def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int) -> Ge
         raise GenerationError(
             f"max_length={max_length} leaves no room to generate after a decoder prompt of {prompt_length} token(s); "
             "raise max_length or set max_new_tokens"
+        )
+    if max_positions is not None and max_length > max_positions:
+        raise GenerationError(
+            f"max_length={max_length} (prompt {prompt_length} + new tokens) exceeds the decoder's {max_positions} "
+            "positions; lower max_length / max_new_tokens"
         )
     min_length = gen.min_length
     if gen.min_new_tokens is not None:

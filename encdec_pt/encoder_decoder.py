@@ -26,8 +26,14 @@ from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
 from encdec_core.report import LoadingReport
-from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
+from encdec_core.semantics import (
+    IGNORE_INDEX,
+    default_decoder_attention_mask,
+    shift_tokens_right,
+    split_prefixed_kwargs,
+)
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
+from encdec_core.validation import check_batch, check_label_values
 from encdec_pt import models as _models  # noqa: F401  (registers the architectures)
 from encdec_pt.generation import GenerationMixin
 from encdec_pt.modeling_utils import PreTrainedModel
@@ -124,6 +130,7 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
         Keyword arguments prefixed ``decoder_`` go to the decoder, the others to the encoder.
         """
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
+        self._check_inputs(input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask, labels)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
@@ -164,6 +171,25 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
             encoder_attentions=encoder_outputs.attentions,
         )
         return out if return_dict else out.to_tuple()
+
+    def _check_inputs(self, input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask,
+                      labels) -> None:
+        """Shapes, lengths and label values, with errors that name the argument (shared rules: encdec_core.validation)."""
+        def shape(t):
+            return None if t is None else tuple(t.shape)
+
+        enc = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else (
+            encoder_outputs.last_hidden_state if encoder_outputs is not None else None)
+        check_batch(self.config.encoder, self.config.decoder, input_ids=shape(input_ids),
+                    attention_mask=shape(attention_mask), encoder_states=shape(enc),
+                    decoder_input_ids=shape(decoder_input_ids), decoder_attention_mask=shape(decoder_attention_mask),
+                    labels=shape(labels))
+        if labels is not None:
+            if labels.dtype.is_floating_point:
+                raise InputError(f"labels must hold integer token ids, got dtype {labels.dtype}")
+            kept = labels[labels != IGNORE_INDEX]
+            if kept.numel():
+                check_label_values(int(kept.min()), int(kept.max()), self.config.decoder.vocab_size)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -27,6 +27,7 @@ from encdec_core.generation import (
     resolve,
 )
 from encdec_core.outputs import BaseModelOutput, GenerateOutput
+from encdec_core.validation import check_batch, max_positions
 from encdec_pt.layers import Cache
 
 NEG = -1.0e9  # HF's "impossible" beam score: finite so sums and comparisons stay ordered
@@ -317,8 +318,8 @@ class GenerationMixin:
         if encoder_outputs is None:
             if input_ids is None:
                 raise InputError("generate: give input_ids (the source tokens) or encoder_outputs")
-            if input_ids.dim() != 2:
-                raise InputError(f"input_ids expected shape (batch, length), got {tuple(input_ids.shape)}")
+            check_batch(self.config.encoder, None, input_ids=tuple(input_ids.shape),
+                        attention_mask=None if attention_mask is None else tuple(attention_mask.shape))
             if attention_mask is None and pad_id is not None and pad_id not in eos_ids and bool((input_ids == pad_id).any()):
                 attention_mask = (input_ids != pad_id).long()  # inferred from padding, as HF
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -360,7 +361,8 @@ class GenerationMixin:
                 prompt = torch.cat([start, prompt], 1)
                 if prompt_mask is not None:
                     prompt_mask = torch.cat([torch.ones_like(prompt_mask[:, :1]), prompt_mask], 1)
-        plan = resolve(gen, prompt_length=prompt.shape[1], vocab_size=self.config.decoder.vocab_size)
+        plan = resolve(gen, prompt_length=prompt.shape[1], vocab_size=self.config.decoder.vocab_size,
+                       max_positions=max_positions(self.config.decoder))
         g = plan.num_beams if plan.num_beams > 1 else (plan.num_return_sequences if gen.do_sample else 1)
         prompt = prompt.repeat_interleave(g, 0)
         dec_mask = None

@@ -37,6 +37,8 @@ def check_ids(config: PretrainedConfig, ids: torch.Tensor | None, name: str) -> 
     """Token ids must be in [0, vocab_size): an out-of-range id would index garbage or crash deep inside."""
     if ids is None or torch.compiler.is_compiling():  # the check reads values: not inside a compiled graph
         return
+    if not isinstance(ids, torch.Tensor):
+        raise InputError(f"{name} expected a torch.Tensor of token ids, got {type(ids).__name__}")
     if ids.dtype.is_floating_point:
         raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
