@@ -305,7 +305,7 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Pretrai
     mt = data.get("model_type")
     if mt == EncoderDecoderConfig.model_type:
         return EncoderDecoderConfig.from_dict(data, source=source)
-    if mt not in CONFIG_CLASSES:
+    if not isinstance(mt, str) or mt not in CONFIG_CLASSES:
         raise ConfigError(
             f"{source}: unknown model_type {mt!r}; expected one of "
             f"{sorted(CONFIG_CLASSES) + [EncoderDecoderConfig.model_type]}"
