@@ -194,7 +194,11 @@ class PreTrainedModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Without a loss in ``compile()``, ``fit``/``evaluate`` use the model's own loss (from ``labels``)."""
         if self._compile_loss is None and getattr(y_pred, "loss", None) is not None:
-            return y_pred.loss + tf.add_n(self.losses) if self.losses else y_pred.loss
+            loss = y_pred.loss + tf.add_n(self.losses) if self.losses else y_pred.loss
+            # under tf.distribute Keras sums the replicas' gradients, and scales its own losses by
+            # 1 / replicas to get the mean; the model's loss must be scaled the same way
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            return loss / replicas if replicas > 1 else loss
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
     def train_step(self, data):
@@ -232,6 +236,7 @@ class PreTrainedModel(keras.Model):
         report.raise_if(strict)
         if log_report:
             report.log(logger)
+        model.checkpoint_folder = folder  # where it was read from (generation_config.json lives beside)
         return (model, report) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
