@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import FIXTURES
 from safetensors.torch import load_file
-from tolerances import DIST_PARAM_ATOL
+from tolerances import ATOL, DIST_PARAM_ATOL
 
 from encdec_pt import EncoderDecoderModel
 
@@ -53,6 +53,24 @@ def test_two_ranks_equal_one_process(mode, single, tmp_path):
     start = EncoderDecoderModel.from_pretrained(FIXTURES / "bert2gpt2" / "pt").state_dict()
     moved = [k for k in single if not torch.equal(single[k], start[k])]
     assert len(moved) > 0.9 * len(single)  # the steps did train
+    if mode == "fsdp":
+        _loads_in_every_backend(tmp_path / "checkpoint")
+
+
+def _loads_in_every_backend(folder: Path) -> None:
+    """The checkpoint written from the sharded run: same logits in PyTorch, TensorFlow and Flax."""
+    import numpy as np
+
+    from encdec_flax import FlaxEncoderDecoderModel
+    from encdec_tf import TFEncoderDecoderModel
+
+    src, labels = np.array([[5, 6, 7, 8]]), np.array([[9, 10, 11]])
+    with torch.no_grad():
+        ref = EncoderDecoderModel.from_pretrained(folder)(input_ids=torch.from_numpy(src),
+                                                          labels=torch.from_numpy(labels)).logits.numpy()
+    for cls in (TFEncoderDecoderModel, FlaxEncoderDecoderModel):
+        logits = np.asarray(cls.from_pretrained(folder)(input_ids=src, labels=labels).logits)
+        assert np.abs(logits - ref).max() <= ATOL["float32"], cls.__name__
 
 
 def test_every_trainable_parameter_gets_a_gradient():
