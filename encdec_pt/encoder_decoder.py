@@ -80,6 +80,12 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
             nn.Linear(config.encoder.hidden_size, config.decoder.hidden_size) if needs_projection(config) else None
         )
         self.tie_weights()
+        # parts built here from configs get HF's init, as Transformers' post_init gives them (from_pretrained
+        # builds on the meta device and fills every weight from the checkpoint instead)
+        built = [side for side, part in (("encoder.", encoder), ("decoder.", decoder)) if part is None]
+        if built and not next(self.parameters()).is_meta:
+            self.init_weights([n for n, _ in self.named_parameters(remove_duplicate=False)
+                               if n.startswith((*built, "enc_to_dec_proj."))])
         self.set_generation_config(GenerationConfig.from_model_config(config))
 
     # ------------------------------------------------------------------ tables, accessors

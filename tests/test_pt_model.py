@@ -41,6 +41,16 @@ def test_random_init_from_configs_like_the_seed():
     assert model.get_output_embeddings().weight is model.decoder.bert.embeddings.word_embeddings.weight
 
 
+def test_random_init_gives_every_weight_hf_init():
+    """The seed's ``EncoderDecoderModel(config=config)``: no uninitialised memory (GPT-2's Conv1D was torch.empty)."""
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), GPT2Config(**tiny_gpt2()))
+    model = EncoderDecoderModel(config=config)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all() and p.abs().max() <= 1.0, name
+    assert float(model.decoder.transformer.h[0].crossattention.c_attn.weight.std()) == pytest.approx(0.02, rel=0.2)
+    assert torch.isfinite(GPT2LMHeadModel(GPT2Config(**tiny_gpt2())).transformer.h[0].attn.c_attn.weight).all()
+
+
 def test_build_from_two_models_and_projection():
     enc = BertModel(BertConfig(**tiny_sizes()))
     dec = GPT2LMHeadModel(GPT2Config(**tiny_gpt2(n_embd=45, n_head=5), is_decoder=True, add_cross_attention=True))
