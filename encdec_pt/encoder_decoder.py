@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -214,6 +215,11 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
         # the wrapper's own special tokens: taken first, so "decoder_start_token_id" is not
         # mistaken for a decoder config field "start_token_id"
         top = {k: kwargs.pop(k) for k in WRAPPER_TOKENS if k in kwargs}
+        # as in HF, arguments without a prefix are fields of the EncoderDecoderConfig (tie_encoder_decoder=True)
+        top.update({k: kwargs.pop(k) for k in list(kwargs) if not k.startswith(("encoder_", "decoder_"))})
+        if unknown := sorted(set(top) - {f.name for f in dataclasses.fields(EncoderDecoderConfig)}):
+            raise InputError(f"from_encoder_decoder_pretrained: unknown argument(s) {unknown}; prefix encoder_/decoder_ "
+                             "to pass them to one part, or use fields of EncoderDecoderConfig")
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", "encoder_")
         reports = []
         encoder = enc_kw.pop("model", None)

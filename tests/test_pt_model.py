@@ -103,6 +103,19 @@ def test_warm_start_takes_the_wrapper_special_tokens():
     assert "start_token_id" not in model.config.decoder.extra
 
 
+def test_warm_start_unprefixed_arguments_are_wrapper_config_fields(tmp_path):
+    """As in HF (the warm-starting blog's BERTShare): ``tie_encoder_decoder=True`` shares the encoder with the decoder."""
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(WARM / "bert", WARM / "bert", tie_encoder_decoder=True)
+    assert model.config.tie_encoder_decoder
+    assert model.encoder.encoder.layer[0].attention.self.query.weight is \
+        model.decoder.bert.encoder.layer[0].attention.self.query.weight
+    model.save_pretrained(tmp_path / "shared")
+    again = EncoderDecoderModel.from_pretrained(tmp_path / "shared", strict=True)
+    assert again.config.tie_encoder_decoder and again.num_parameters() == model.num_parameters()
+    with pytest.raises(InputError, match="unknown argument"):
+        EncoderDecoderModel.from_encoder_decoder_pretrained(WARM / "bert", WARM / "gpt2", n_positions=40)
+
+
 def test_warm_start_with_model_instances():
     enc = BertModel.from_pretrained(WARM / "bert")
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(None, WARM / "gpt2", encoder_model=enc)
