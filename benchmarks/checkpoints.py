@@ -76,6 +76,29 @@ def pair_dirs(pair: str, tiny: bool, cache: Path = DEFAULT_CACHE) -> tuple[Path,
     return ensure_checkpoint(enc, tiny, cache), ensure_checkpoint(dec, tiny, cache)
 
 
+def composite_dir(pair: str, tiny: bool, cache: Path = DEFAULT_CACHE) -> Path:
+    """A saved encoder-decoder of ``pair`` (the ``convert`` task's source), written once.
+
+    Warm-started by encdec's PyTorch class from the pair's two checkpoints (new cross-attention
+    drawn with a fixed seed), ``decoder_start_token_id=1``, ``pad_token_id=0``, saved canonically.
+    """
+    enc, dec = pair_dirs(pair, tiny, cache)
+    digest = hashlib.sha1(f"{enc.name}+{dec.name}".encode()).hexdigest()[:8]
+    folder = Path(cache) / f"{'tiny' if tiny else 'base'}-{pair}-composed-{digest}"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    import torch
+
+    from encdec_pt import EncoderDecoderModel
+
+    logger.info("writing the composed %s checkpoint %s", pair, folder)
+    torch.manual_seed(3)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(enc), str(dec), decoder_start_token_id=1,
+                                                                pad_token_id=0)
+    model.save_pretrained(folder)
+    return folder
+
+
 def read_config(folder: Path) -> dict:
     return json.loads((Path(folder) / "config.json").read_text())
 

@@ -19,7 +19,7 @@ from typing import Any
 
 logger = logging.getLogger("benchmarks")
 
-TASKS = ("load", "forward", "greedy", "beam4", "sample", "train_step")
+TASKS = ("load", "forward", "greedy", "beam4", "sample", "train_step", "convert")
 GEN_KWARGS = {  # on top of input_ids, attention_mask, max_new_tokens, eos_token_id=None
     "greedy": dict(num_beams=1, do_sample=False),
     "beam4": dict(num_beams=4, do_sample=False),

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmarks import checkpoints as ck
+from benchmarks.convert_probe import run_probe as run_convert_probe
 from benchmarks.impls import REGISTRY, TASKS, Workload, out_shape, transformers_env
 from benchmarks.load_probe import run_probe
 from benchmarks.measure import floor_seconds, machine_limits, meter, task_cost, timed, trim
@@ -92,6 +93,42 @@ def bench_load(impls: dict, enc, dec, args) -> dict:
             if res["peak_bytes"] is not None:
                 cell["peak_bytes"] = max(cell["peak_bytes"] or 0, res["peak_bytes"])
     return {side: _finish(c) for side, c in cells.items()}
+
+
+def bench_convert(sides: list[str], src: Path, target: str, args) -> dict:
+    """side -> cell for converting ``src`` to ``target``; each call a fresh subprocess, sides alternating."""
+    cells = {side: {"times_s": [], "peak_bytes": None, "out_bytes": None, "error": None} for side in sides}
+    schedule = [(False, s) for _ in range(args.warmup) for s in sides]
+    schedule += [(True, s) for r in range(args.repeat) for s in (sides if r % 2 == 0 else sides[::-1])]
+    for timed_call, side in tqdm(schedule, desc=f"convert {target}", leave=False, disable=None):
+        cell = cells[side]
+        if cell["error"]:
+            continue
+        res = run_convert_probe(side, target, src, Path(args.cache) / f".convert-{side}-{target}")
+        if "error" in res:
+            cell["error"] = res["error"]
+            logger.warning("convert %s (%s): %s", target, side, res["error"])
+        elif timed_call:
+            cell["times_s"].append(res["seconds"])
+            cell["out_bytes"] = res["out_bytes"]
+            if res["peak_bytes"] is not None:
+                cell["peak_bytes"] = max(cell["peak_bytes"] or 0, res["peak_bytes"])
+    return {side: _finish(c) for side, c in cells.items()}
+
+
+def convert_rows(args, limits: dict) -> list[dict]:
+    """The ``convert`` task: each pair's composed PT checkpoint to tf_model.h5 (TF) and flax_model.msgpack (Flax)."""
+    rows = []
+    for pair in args.pairs:
+        src = ck.composite_dir(pair, args.tiny, args.cache)
+        ckpt_bytes = ck.weights_bytes(src)
+        for fw, target in (("tf", "h5"), ("flax", "msgpack")):
+            cells = bench_convert(args.sides, src, target, args)
+            cost = {"flops": 0.0, "bytes": 2.0 * ckpt_bytes}  # read the checkpoint once, write it once
+            rows.append({"framework": fw, "pair": pair, "task": "convert", "target": target, **cost,
+                         "floor_s": floor_seconds(cost, limits), "weights_bytes": ckpt_bytes,
+                         **{side: cells.get(side) for side in SIDES}})
+    return rows
 
 
 def bench_tasks(impls: dict, tasks: list[str], enc, dec, work: Workload, args) -> dict:
@@ -187,10 +224,10 @@ def _run(args) -> dict:
             cells = {}
             if "load" in args.tasks:
                 cells["load"] = bench_load(impls, enc, dec, args)
-            in_proc = [t for t in args.tasks if t != "load"]
+            in_proc = [t for t in args.tasks if t not in ("load", "convert")]
             if in_proc:
                 cells.update(bench_tasks(impls, in_proc, enc, dec, work, args))
-            for task in args.tasks:
+            for task in (t for t in args.tasks if t != "convert"):  # convert rows: convert_rows
                 n_params = next((c["n_params"] for c in cells[task].values() if c.get("n_params")), 0)
                 cost = task_cost(task, ck.read_config(enc), ck.read_config(dec), work, n_params=n_params,
                                  ckpt_bytes=ckpt_bytes)
@@ -198,6 +235,8 @@ def _run(args) -> dict:
                        "floor_s": floor_seconds(cost, limits), "weights_bytes": 4 * n_params or None}
                 row.update({side: cells[task].get(side) for side in SIDES})
                 rows.append(row)
+    if "convert" in args.tasks:
+        rows += convert_rows(args, limits)
     return {"meta": metadata(args), "limits": limits, "workload": vars(work), "rows": rows}
 
 
@@ -232,7 +271,8 @@ def metadata(args) -> dict:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": _git_commit(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": _version("transformers")},
+                     "transformers": _version("transformers"), "tensorflow": _version("tensorflow"),
+                     "flax": _version("flax")},
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu, "gpu": gpu},
         "other_frameworks_loaded": [m for m in ("tensorflow", "jax") if m in sys.modules],
         "device": args.device, "tiny": args.tiny, "repeat": args.repeat, "warmup": args.warmup,
@@ -266,10 +306,11 @@ def table(result: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         ours, theirs = r["ours"], r["theirs"]
-        w = r["weights_bytes"] if r["task"] == "load" else None
+        w = r["weights_bytes"] if r["task"] in ("load", "convert") else None
         floor = "" if not r["floor_s"] else f"{r['floor_s'] * 1e3:.1f}"
         over = f"{ours['median_s'] / r['floor_s']:.1f}" if ours and ours["median_s"] and r["floor_s"] else ""
-        cells = [r["framework"], r["task"], r["pair"], _ms(ours), _ms(theirs), _ratio(ours, theirs),
+        task = f"convert to {r['target']}" if r["task"] == "convert" else r["task"]
+        cells = [r["framework"], task, r["pair"], _ms(ours), _ms(theirs), _ratio(ours, theirs),
                  _mb(ours, w), _mb(theirs, w), floor, over]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -282,7 +323,8 @@ def report(result: dict) -> str:
     return "\n".join([
         f"## Benchmark {m['date']} (commit {m['commit']})", "",
         f"`{m['command']}`", "",
-        f"- versions: python {ver['python']}, torch {ver['torch']}, transformers {ver['transformers']}",
+        f"- versions: python {ver['python']}, torch {ver['torch']}, transformers {ver['transformers']}"
+        + "".join(f", {k} {ver[k]}" for k in ("tensorflow", "flax") if ver.get(k)),
         f"- machine: {mach['cores']} cores ({mach['torch_threads']} torch threads), {mach['cpu']}"
         + (f", GPU {mach['gpu']}" if mach["gpu"] else "") + f"; device {m['device']}",
         f"- limits: fp32 GEMM {lim['gemm_flops'] / 1e9:.1f} GFLOP/s (n={lim['gemm_n']}), "

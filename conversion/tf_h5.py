@@ -157,6 +157,10 @@ class TFH5Reader:
         f, path = self._where[name]
         return tuple(int(d) for d in f[path].shape)
 
+    def dtype(self, name: str) -> np.dtype:
+        f, path = self._where[name]
+        return f[path].dtype
+
     def get(self, name: str) -> np.ndarray:
         f, path = self._where[name]
         return np.asarray(f[path][()])

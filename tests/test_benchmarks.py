@@ -55,3 +55,17 @@ def test_table_blanks_and_errors():
     assert lines[0] == "| pt | greedy | bert2bert | 20.0 | 10.0 | 2.00 | 3 | 1 | 10.0 | 2.0 |"
     assert "error: AttributeError: no / generate" in lines[1] and "| 20.0 |  |" in lines[1]
     assert lines[2] == "| pt | greedy | bert2bert | 20.0 |  |  | 3 |  | 10.0 | 2.0 |"
+
+
+def test_tiny_convert_task_of_ours(tmp_path):
+    """The convert task: a composed bert2bert to tf_model.h5 and flax_model.msgpack, each in a fresh process."""
+    result = bench.main(["--tiny", "--sides", "ours", "--pairs", "bert2bert", "--tasks", "convert", "--repeat", "1",
+                         "--warmup", "0", "--cache", str(tmp_path / "cache")])
+    rows = result["rows"]
+    assert [(r["framework"], r["task"], r["target"]) for r in rows] == [("tf", "convert", "h5"),
+                                                                       ("flax", "convert", "msgpack")]
+    for row in rows:
+        assert row["ours"]["error"] is None, row["ours"]["error"]
+        assert row["ours"]["median_s"] > 0 and row["ours"]["out_bytes"] > row["weights_bytes"] * 0.5
+        assert row["theirs"] is None and row["flops"] == 0 and row["floor_s"] > 0
+    assert "| tf | convert to h5 | bert2bert |" in bench.table(result)

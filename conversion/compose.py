@@ -1,0 +1,74 @@
+"""``encdec compose``: warm-start an encoder-decoder from two pretrained checkpoints and save it canonically.
+
+The chosen backend does the warm start (``from_encoder_decoder_pretrained``: the decoder is
+made causal, its cross-attention and any ``enc_to_dec_proj`` are new) and saves the
+canonical checkpoint. ``tie=True`` shares the encoder with the decoder's base model
+(BERTShare / RoBERTaShare of Rothe et al.): as Transformers does, the decoder's weights are
+kept and the encoder's are dropped, and ``config.json`` says ``tie_encoder_decoder: true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from conversion import runners
+from conversion.formats import read_canonical
+from conversion.naming import tables_for
+from conversion.writers import write_weights
+from encdec_core.checkpoint import atomic_write_dir, write_json
+from encdec_core.configs import config_from_dict
+from encdec_core.errors import CheckpointError, InputError
+
+TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
+
+
+def _tie(folder: Path, out: Path) -> None:
+    """Rewrite the canonical checkpoint in ``folder`` into ``out`` with ``tie_encoder_decoder`` on."""
+    _, _, arrays = read_canonical(folder)
+    data = json.loads((folder / "config.json").read_text())
+    data["tie_encoder_decoder"] = True
+    if data["encoder"]["model_type"] != data["decoder"]["model_type"]:
+        raise InputError(f"--tie shares the encoder with the decoder's base model: both must be the same kind of model, "
+                         f"got {data['encoder']['model_type']} and {data['decoder']['model_type']}")
+    tied = tables_for(config_from_dict(data, source=str(folder / "config.json")), "encoder-decoder")
+    bad = [f"{t.pt} {tuple(arrays[t.pt].shape)} vs {t.source} {tuple(arrays[t.source].shape)}" for t in tied.ties
+           if t.pt in arrays and t.source in arrays and arrays[t.pt].shape != arrays[t.source].shape]
+    if bad:
+        raise InputError(f"--tie shares every encoder weight with the decoder's base model, so both must have the "
+                         f"same architecture and sizes; shapes differ: {'; '.join(bad[:5])}")
+    with atomic_write_dir(out) as tmp:
+        for side in sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and p.name != "config.json"):
+            (tmp / side).write_bytes((folder / side).read_bytes())
+        write_json(tmp / "config.json", data)
+        write_weights({p.pt: arrays[p.pt] for p in tied.stored}, tmp, "pt", tied)
+
+
+def compose(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            framework: str = "pt", tie: bool = False, overwrite: bool = False, **tokens: int | None) -> Path:
+    """Warm-start ``encoder`` + ``decoder`` (folders or Hub repo ids) with ``framework``; save canonically into ``out``.
+
+    ``tokens``: ``decoder_start_token_id``, ``pad_token_id``, ``eos_token_id``,
+    ``bos_token_id`` for the composed config (unset ones stay unset, as in Transformers).
+    Returns ``out``; the loading report (new weights listed as expected) is logged.
+    """
+    if bad := sorted(set(tokens) - set(TOKENS)):
+        raise InputError(f"compose: unknown options {bad}; expected some of {', '.join(TOKENS)}")
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out}: exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    cls = runners.model_class(framework)
+    model = cls.from_encoder_decoder_pretrained(str(encoder), str(decoder),
+                                                **{k: v for k, v in tokens.items() if v is not None})
+    if not tie:
+        model.save_pretrained(out)
+        return out
+    with tempfile.TemporaryDirectory(prefix="encdec-compose-") as tmp:
+        model.save_pretrained(Path(tmp) / "untied")
+        _tie(Path(tmp) / "untied", out)
+    return out
+
+
+__all__ = ["compose", "TOKENS"]
