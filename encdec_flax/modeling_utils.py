@@ -27,19 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversion.flax_msgpack import (
-    FLAX_WEIGHTS_INDEX_NAME,
-    FLAX_WEIGHTS_NAME,
-    flatten_tree,
-    read_flax_msgpack,
-    unflatten_tree,
-    write_flax_msgpack,
-)
+from conversion.flax_msgpack import flatten_tree, unflatten_tree, write_flax_msgpack
+from conversion.formats import open_source
 from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
 from encdec_core import outputs
 from encdec_core.configs import PretrainedConfig, load_config
-from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
@@ -358,74 +352,16 @@ def _to_numpy(array: jax.Array, param_dtype: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _flax_named(shapes: dict[str, tuple], read: Callable[[str], Any], full_table: list[Param]):
-    """(canonical shapes, getter) over a Flax-named source; keys no table row knows keep their names."""
-    by_flax = {p.flax: p for p in full_table}
-    out_shapes, where = {}, {}
-    for key, shape in shapes.items():
-        p = by_flax.get(key)
-        name = key if p is None else p.pt
-        out_shapes[name] = shape if p is None else canonical_shape(shape, p.flax_op)
-        where[name] = (key, p)
-
-    def get(name: str) -> np.ndarray:
-        key, p = where[name]
-        a = np.asarray(read(key))
-        return a if p is None else from_framework({key: a}, [p], "flax")[p.pt]
-
-    return out_shapes, get
-
-
-def _bin_source(folder: Path) -> tuple[dict, Callable]:
-    """(shapes, get) over ``pytorch_model.bin`` (or shards): torch is imported by conversion.pt_bin only."""
-    from conversion.pt_bin import read_pytorch_bin
-
-    state = read_pytorch_bin(folder)
-
-    def get(key: str) -> np.ndarray:
-        t = state[key]
-        return (t.float() if t.dtype.is_floating_point else t).numpy()  # numpy has no bf16
-
-    return {k: tuple(v.shape) for k, v in state.items()}, get
-
-
 @contextlib.contextmanager
 def open_weights(folder: Path, full_table: list[Param], *, prefer_pt: bool = False) -> Iterator[tuple[dict, Callable]]:
-    """Yield (canonical shapes, get) over the weights in ``folder``.
+    """Yield (canonical shapes, get) over the weights in ``folder``; ``get`` returns numpy arrays.
 
-    Reads, in this order: canonical ``model.safetensors`` (or shards; metadata "pt", or
-    "flax" for Flax-named safetensors), then HF's ``flax_model.msgpack`` and
-    ``pytorch_model.bin`` (the .bin first with ``prefer_pt``). Keys keep the checkpoint's
-    names when no table row maps them, so the report can list them as unexpected.
+    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends, in
+    this order: canonical ``model.safetensors`` (or shards), Flax-format safetensors (HF's
+    "."-joined paths), then HF's ``flax_model.msgpack`` and ``pytorch_model.bin`` (the .bin
+    first with ``prefer_pt``). Flax paths go through ``full_table`` (tied copies included);
+    keys it does not map keep the checkpoint's names, so the report can list them as unexpected.
     """
-    exists = lambda *names: any((folder / n).exists() for n in names)  # noqa: E731
-    if exists(ckpt_io.SAFE_WEIGHTS_NAME, ckpt_io.SAFE_WEIGHTS_INDEX_NAME):
-        reader = ckpt_io.CheckpointReader(folder)
-        try:
-            fmt = reader.metadata.get("format", "pt")
-            shapes = {k: tuple(reader.shape(k)) for k in reader.keys()}
-            if fmt == "pt":
-                yield shapes, (lambda k: np.asarray(reader.get(k, framework="flax")))
-            elif fmt == "flax":
-                yield _flax_named(shapes, lambda k: reader.get(k, framework="flax"), full_table)
-            else:
-                raise CheckpointError(f"{folder}: model.safetensors holds {fmt!r}-format weights; the Flax backend "
-                                      "reads the canonical 'pt' format (convert it with `encdec convert`)")
-        finally:
-            reader.close()
-        return
-    legacy = [(FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME), (ckpt_io.PT_WEIGHTS_NAME, ckpt_io.PT_WEIGHTS_INDEX_NAME)]
-    for names in reversed(legacy) if prefer_pt else legacy:
-        if not exists(*names):
-            continue
-        if names[0] == FLAX_WEIGHTS_NAME:
-            flat = read_flax_msgpack(folder)
-            yield _flax_named({k: v.shape for k, v in flat.items()}, flat.__getitem__, full_table)
-        else:
-            yield _bin_source(folder)
-        return
-    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise CheckpointError(
-        f"{folder}: no weights found; expected {ckpt_io.SAFE_WEIGHTS_NAME}, {FLAX_WEIGHTS_NAME}, "
-        f"{ckpt_io.PT_WEIGHTS_NAME} or their shard indexes; the folder holds {present}"
-    )
+    accept = ("pt", "flax", "bin", "msgpack") if prefer_pt else ("pt", "flax", "msgpack", "bin")
+    with open_source(folder, full_table, accept=accept) as source:
+        yield source.shapes, source.get

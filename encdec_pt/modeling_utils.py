@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from conversion.formats import open_source
 from encdec_core import checkpoint as ckpt_io
 from encdec_core.configs import PretrainedConfig, load_config
-from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
@@ -257,32 +258,13 @@ def _with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConf
 
 @contextlib.contextmanager
 def open_state(folder: Path):
-    """Yield (shapes, get) over the weights in ``folder``: safetensors (lazy, mmap) or pytorch_model.bin."""
-    has_st = (folder / ckpt_io.SAFE_WEIGHTS_NAME).exists() or (folder / ckpt_io.SAFE_WEIGHTS_INDEX_NAME).exists()
-    if has_st:
-        reader = ckpt_io.CheckpointReader(folder)
-        try:
-            if reader.metadata and reader.metadata.get("format", "pt") != "pt":
-                raise CheckpointError(
-                    f"{folder}: model.safetensors holds {reader.metadata.get('format')!r}-format weights; "
-                    "PyTorch reads the canonical 'pt' format (convert it with `encdec convert`)"
-                )
-            shapes = {k: tuple(reader.shape(k)) for k in reader.keys()}
-            yield shapes, (lambda k: reader.get(k, framework="pt"))
-        finally:
-            reader.close()
-        return
-    if (folder / ckpt_io.PT_WEIGHTS_NAME).exists() or (folder / ckpt_io.PT_WEIGHTS_INDEX_NAME).exists():
-        from conversion.pt_bin import read_pytorch_bin
+    """Yield (shapes, get) over the weights in ``folder``: canonical safetensors (lazy, mmap) or pytorch_model.bin.
 
-        state = read_pytorch_bin(folder)
-        yield {k: tuple(v.shape) for k, v in state.items()}, state.__getitem__
-        return
-    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise CheckpointError(
-        f"{folder}: no PyTorch weights found; expected {ckpt_io.SAFE_WEIGHTS_NAME}, "
-        f"{ckpt_io.SAFE_WEIGHTS_INDEX_NAME} or {ckpt_io.PT_WEIGHTS_NAME}; the folder holds {present}"
-    )
+    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends;
+    ``get`` returns torch tensors (memory-mapped from safetensors, dtypes as stored).
+    """
+    with open_source(folder, accept=("pt", "bin"), what="PyTorch ") as source:
+        yield source.shapes, (lambda k: source.get_tensor(k, "pt"))
 
 
 @torch.no_grad()

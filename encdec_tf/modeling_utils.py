@@ -27,10 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from conversion.formats import open_source
 from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
 from encdec_core.configs import PretrainedConfig, load_config
-from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
@@ -318,68 +319,19 @@ def _float32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 else a.astype(np.float32)  # the Keras models compute in float32
 
 
-def _tf_named(keys: Mapping[str, tuple[int, ...]], read, params: list[Param]) -> State:
-    """TF-named weights (h5, TF safetensors) seen as canonical ones, through the table's ops.
-
-    Keys the table does not know keep their TF name (and are reported unexpected).
-    """
-    by_tf = {p.tf: p for p in params}
-    known = [by_tf[k] for k in keys if k in by_tf]
-    views = {p.tf: np.broadcast_to(np.float32(0), keys[p.tf]) for p in known}
-    shapes = {k: tuple(v.shape) for k, v in from_framework(views, known, "tf").items()}
-    shapes.update({k: tuple(s) for k, s in keys.items() if k not in by_tf})
-    to_tf = {p.pt: p for p in known}
-
-    def get(key: str) -> np.ndarray:
-        p = to_tf[key]
-        return from_framework({p.tf: read(p.tf)}, [p], "tf")[p.pt]
-
-    return State(shapes, get)
-
-
 @contextlib.contextmanager
 def open_state(folder: Path, params: list[Param], *, from_pt: bool = False) -> Iterator[State]:
-    """The weights in ``folder`` under canonical names, whatever their format."""
-    from conversion.tf_h5 import TFH5Reader, has_tf_h5, strip_name
+    """The weights in ``folder`` under canonical names, whatever their format.
 
-    if (folder / ckpt_io.SAFE_WEIGHTS_NAME).exists() or (folder / ckpt_io.SAFE_WEIGHTS_INDEX_NAME).exists():
-        reader = ckpt_io.CheckpointReader(folder)
-        try:
-            fmt = (reader.metadata or {}).get("format", "pt")
-            if fmt not in ("pt", "tf") or (fmt == "tf" and from_pt):
-                raise CheckpointError(
-                    f"{folder}: model.safetensors holds {fmt!r}-format weights; TensorFlow reads the canonical "
-                    f"'pt' format{'' if from_pt else ' or TF-format safetensors'} (convert it with `encdec convert`)"
-                )
-
-            def read(key: str) -> np.ndarray:
-                try:
-                    return _float32(reader.get(key))
-                except CheckpointError:  # bf16 / fp8: numpy cannot hold them, TensorFlow can
-                    return reader.get(key, "tf").numpy().astype(np.float32)
-
-            if fmt == "pt":
-                yield State({k: tuple(reader.shape(k)) for k in reader.keys()}, read)
-            else:  # Transformers' TF safetensors: the TF names, with ":0"
-                names = {strip_name(k, scoped=False): k for k in reader.keys()}
-                yield _tf_named({n: tuple(reader.shape(k)) for n, k in names.items()}, lambda n: read(names[n]), params)
-        finally:
-            reader.close()
-    elif has_tf_h5(folder) and not from_pt:
-        with TFH5Reader(folder) as h5:
-            yield _tf_named({k: h5.shape(k) for k in h5.keys()}, lambda n: _float32(h5.get(n)), params)
-    elif (folder / ckpt_io.PT_WEIGHTS_NAME).exists() or (folder / ckpt_io.PT_WEIGHTS_INDEX_NAME).exists():
-        from conversion.pt_bin import read_pytorch_bin
-
-        state = read_pytorch_bin(folder)  # torch tensors: reading a pickle needs torch
-        yield State({k: tuple(v.shape) for k, v in state.items()}, lambda k: state[k].float().numpy())
-    else:
-        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        wanted = "model.safetensors or pytorch_model.bin" if from_pt else "model.safetensors, tf_model.h5 or pytorch_model.bin"
-        raise CheckpointError(
-            f"{folder}: no {'PyTorch ' if from_pt else ''}weights found; expected {wanted} "
-            f"(or a sharded index); the folder holds {present}"
-        )
+    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends:
+    canonical ``model.safetensors``, TF-format safetensors, ``tf_model.h5`` (single or
+    sharded) or ``pytorch_model.bin``; with ``from_pt`` only the PyTorch ones. TF names go
+    through ``params`` (both sides of ``tie_encoder_decoder``); names it does not know keep
+    their stored names, so the loading report lists them.
+    """
+    accept = ("pt", "bin") if from_pt else ("pt", "tf", "h5", "bin")
+    with open_source(folder, params, accept=accept, what="PyTorch " if from_pt else "") as source:
+        yield State(source.shapes, lambda k: _float32(source.get(k)))
 
 
 def load_weights(model: PreTrainedModel, folder: Path, *, from_pt: bool = False) -> LoadingReport:

@@ -1,0 +1,114 @@
+"""Level 3: the cross-framework equivalence matrix, through the converter.
+
+Every fixture pair (projection and tied included) x every pair of frameworks. PyTorch reads
+the committed canonical checkpoint; TensorFlow and Flax read what ``conversion.convert``
+wrote from it (TF-named safetensors or ``tf_model.h5``; Flax-named safetensors or
+``flax_model.msgpack``, alternating over the pairs so both spellings of each are covered).
+Each (pair, framework) is loaded and run once per session on the same padded batch with
+labels; the parametrized cases compare the cached outputs. Tolerances: ``tests/tolerances.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conversion import runners
+from conversion.formats import convert, detect
+from conversion.parity import PARITY_ATOL, Comparison, Diff, ParityReport, check_parity, compare_outputs
+from tests.conftest import FIXTURES, PAIRS
+from tests.tolerances import ATOL
+
+FRAMEWORK_PAIRS = [("pt", "tf"), ("pt", "flax"), ("tf", "flax")]
+# pair -> (TF format, Flax format) the converter writes for that framework to load
+FORMATS = {"bert2bert": ("tf", "flax"), "bert2gpt2": ("h5", "msgpack"), "roberta2roberta": ("tf", "msgpack"),
+           "bert2gpt2_proj": ("h5", "flax"), "bert2bert_tied": ("tf", "flax")}
+CASES = [(p, a, b) for p in PAIRS for a, b in FRAMEWORK_PAIRS]
+IDS = [f"{p}-{a}-{b}" for p, a, b in CASES]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(pair, framework) -> {"outputs", "greedy", "beam3"}, computed once: load, forward, generate."""
+    cache: dict[tuple[str, str], dict] = {}
+    root = tmp_path_factory.mktemp("matrix")
+
+    def get(pair: str, fw: str) -> dict:
+        if (pair, fw) not in cache:
+            src = FIXTURES / pair / "pt"
+            folder = src
+            if fw != "pt":
+                fmt = FORMATS[pair][0 if fw == "tf" else 1]
+                folder = convert(src, root / f"{pair}-{fmt}", to=fmt)
+                assert detect(folder).format == fmt
+            model, report = runners.model_class(fw).from_pretrained(folder, output_loading_info=True, log_report=False)
+            assert report.ok and not report.expected_new, f"{pair} {fw}: {report}"
+            batch = runners.default_batch(detect(src).config)
+            cache[(pair, fw)] = {
+                "outputs": runners.forward(fw, model, batch),
+                "greedy": runners.generate(fw, model, batch, num_beams=1, max_new_tokens=8),
+                "beam3": runners.generate(fw, model, batch, num_beams=3, max_new_tokens=8),
+            }
+        return cache[(pair, fw)]
+
+    return get
+
+
+def test_library_tolerance_is_the_test_suites():
+    """conversion.parity documents PARITY_ATOL as tests/tolerances.py's fp32 value: keep them one number."""
+    assert PARITY_ATOL == ATOL["float32"]
+
+
+@pytest.mark.parametrize("pair,a,b", CASES, ids=IDS)
+def test_outputs_agree(run, pair, a, b):
+    """Logits, loss, every encoder / decoder hidden state and cross-attention within ATOL['float32']."""
+    out_a, out_b = run(pair, a)["outputs"], run(pair, b)["outputs"]
+    assert set(out_a) == set(out_b) and "loss" in out_a and "cross_attentions.1" in out_a
+    diffs = compare_outputs(out_a, out_b, ATOL["float32"])
+    over = [f"{d.name}: {d.max_abs:.2e}" for d in diffs if not d.passed]
+    assert not over, f"{pair} {a} vs {b}: over {ATOL['float32']:.0e}: {over}"
+
+
+@pytest.mark.parametrize("pair,a,b", CASES, ids=IDS)
+def test_generated_ids_agree(run, pair, a, b):
+    """Greedy and 3-beam ids equal (no tolerance) between the two frameworks."""
+    for mode in ("greedy", "beam3"):
+        ids_a, ids_b = run(pair, a)[mode], run(pair, b)[mode]
+        assert ids_a.shape == ids_b.shape and np.array_equal(ids_a, ids_b), f"{pair} {mode}: {a} {ids_a} != {b} {ids_b}"
+
+
+def test_check_parity_converts_what_a_framework_cannot_read(tmp_path):
+    """check_parity on Transformers' flax_model.msgpack: PyTorch gets a canonical conversion of it."""
+    report = check_parity(FIXTURES / "bert2gpt2_proj" / "flax", frameworks=("pt", "flax"), plot=tmp_path / "p.png")
+    assert report.format == "msgpack" and report.reference == "pt" and not report.errors
+    assert report.passed, report.table()
+    (comp,) = report.comparisons
+    assert comp.first_failure is None and comp.generation == {"greedy": "equal", "beam3": "equal"}
+    names = [d.name for d in comp.diffs]
+    assert names[:3] == ["encoder.hidden_states[0]", "encoder.hidden_states[1]", "encoder.hidden_states[2]"]
+    assert names[3:6] == ["decoder.hidden_states[0]", "decoder.cross_attentions[0]", "decoder.hidden_states[1]"]
+    assert names[-2:] == ["logits", "loss"] and max(d.max_abs for d in comp.diffs) <= ATOL["float32"]
+    data = json.loads(report.to_json())
+    assert data["passed"] and data["ids"]["pt"]["greedy"] == data["ids"]["flax"]["greedy"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_names_the_first_layer_over_the_tolerance():
+    ref = {"encoder_hidden_states.0": np.zeros(3), "encoder_hidden_states.1": np.ones(3),
+           "decoder_hidden_states.0": np.zeros(2), "cross_attentions.0": np.full(2, 0.5),
+           "decoder_hidden_states.1": np.ones(2), "logits": np.ones(4), "loss": np.float32(2.0)}
+    other = dict(ref, **{"cross_attentions.0": np.array([0.5, 0.6]), "logits": np.array([1, 1, 1, 3.0])})
+    diffs = compare_outputs(ref, other, 1e-5)
+    assert [d.name for d in diffs if not d.passed] == ["decoder.cross_attentions[0]", "logits"]
+    bad = next(d for d in diffs if d.name == "logits")
+    assert bad.max_abs == pytest.approx(2.0) and bad.max_rel == pytest.approx(2.0)
+    comp = Comparison("tf", "pt", diffs, "decoder.cross_attentions[0]", {"greedy": "equal", "beam3": "different"})
+    report = ParityReport("x", "pt", "bert2bert", "pt", ["pt", "tf"], 1e-5, {}, [comp])
+    assert not comp.passed and not report.passed
+    table = report.table()
+    assert "**FAIL**" in table and "| logits | 2.00e+00 ✗ |" in table
+    assert "first over tolerance: decoder.cross_attentions[0]" in table and "beam3 different" in table
+    ok = Comparison("tf", "pt", [Diff("logits", 0.0, 0.0, True)], None, {"greedy": "unavailable: no generate()"})
+    assert ok.passed  # a backend without generate() yet is reported, not failed
