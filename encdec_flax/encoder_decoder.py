@@ -24,6 +24,8 @@ The cache (:meth:`FlaxEncoderDecoderModel.init_cache`) is a plain pytree::
     }
 
 B batch, H decoder heads, K head width, S encoder length; arrays in the compute ``dtype``.
+Generation makes N = g * B rows (g beams or samples per source): the self-attention entries
+are then (N, H, L, K) and the cross ones stay (B, H, S, K), shared by a source's g rows.
 Every decode step feeds T new tokens (T = 1 in generation), attends over all L slots (a slot
 j is seen by the query at position index + t iff j <= index + t and
 ``decoder_attention_mask[:, j]``) and returns the cache with ``index + T``. Shapes never
@@ -42,6 +44,7 @@ import jax.numpy as jnp
 from conversion.flax_msgpack import flatten_tree, unflatten_tree
 from encdec_core.configs import EncoderDecoderConfig, load_config
 from encdec_core.errors import InputError
+from encdec_core.generation import GenerationConfig
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, CausalLMOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
@@ -49,6 +52,7 @@ from encdec_core.report import LoadingReport
 from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
 from encdec_flax import models as _models  # noqa: F401  (registers the architectures)
+from encdec_flax.generation import GenerationMixin
 from encdec_flax.layers import Dtype
 from encdec_flax.modeling_utils import (
     HUB_KWARGS,
@@ -57,6 +61,7 @@ from encdec_flax.modeling_utils import (
     check_length,
     check_mask,
     cross_entropy,
+    encoder_states,
     is_traced,
     logger,
 )
@@ -98,11 +103,17 @@ class EncoderDecoderModule(nn.Module):
                             position_ids=decoder_position_ids, deterministic=deterministic,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states)
 
-    def init_cache(self, encoder_hidden_states, max_length: int, deterministic: bool = True) -> dict:
-        """The empty static cache with the cross-attention keys/values of ``encoder_hidden_states`` (B,S,D_enc)."""
+    def init_cache(self, encoder_hidden_states, max_length: int, rows: int | None = None,
+                   deterministic: bool = True) -> dict:
+        """The empty static cache with the cross-attention keys/values of ``encoder_hidden_states`` (B,S,D_enc).
+
+        ``rows``: decoder rows, a multiple g of B (default B): the g rows of a source (generation's
+        beams) share its cross-attention keys/values, which stay (B,H,S,K).
+        """
         dec = self.config.decoder
-        b, h = encoder_hidden_states.shape[0], dec.num_attention_heads
-        empty = jnp.zeros((b, h, max_length, dec.hidden_size // h), self.dtype)  # (B,H,L,K)
+        h = dec.num_attention_heads
+        n = encoder_hidden_states.shape[0] if rows is None else rows
+        empty = jnp.zeros((n, h, max_length, dec.hidden_size // h), self.dtype)  # (N,H,L,K)
         cross = self.decoder.cross_kv(self.project(encoder_hidden_states))
         return {"index": jnp.zeros((), jnp.int32),
                 "layers": tuple({"self_key": empty, "self_value": empty, **kv} for kv in cross)}
@@ -133,28 +144,17 @@ class EncoderDecoderModule(nn.Module):
         )
 
 
-def _encoder_states(encoder_outputs: Any):
-    """``encoder_outputs`` as an output object, HF's tuple order, or the (B,S,D) array itself."""
-    if encoder_outputs is None or hasattr(encoder_outputs, "shape"):
-        return encoder_outputs
-    if isinstance(encoder_outputs, BaseModelOutput):
-        return encoder_outputs.last_hidden_state
-    if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
-        return encoder_outputs[0]
-    raise InputError(f"encoder_outputs expected the output of encode(), a tuple or an array, got {type(encoder_outputs).__name__}")
-
-
 def _flag(value: Any) -> bool:
     return bool(value) if value is not None else False
 
 
-class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
+class FlaxEncoderDecoderModel(GenerationMixin, FlaxPreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder, with HF's Flax API.
 
     Build it from a config (random weights), warm-start it from two pretrained checkpoints
     with :meth:`from_encoder_decoder_pretrained`, or load a fine-tuned one with
     :meth:`from_pretrained`. ``model(...)`` takes HF's arguments plus ``labels``;
-    :meth:`encode`, :meth:`decode` and :meth:`init_cache` are the pieces generation uses.
+    :meth:`encode`, :meth:`decode` and :meth:`init_cache` are the pieces :meth:`generate` uses.
     """
 
     config_class = EncoderDecoderConfig
@@ -164,6 +164,7 @@ class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
     def __init__(self, config: EncoderDecoderConfig, input_shape: Any = None, seed: int = 0, dtype: Any = jnp.float32,
                  _do_init: bool = True):
         super().__init__(config, input_shape or ((1, 1), (1, 1)), seed, dtype, _do_init)
+        self.set_generation_config(GenerationConfig.from_model_config(config))
 
     def dummy_inputs(self, input_shape) -> dict:
         return {"input_ids": jnp.ones(input_shape[0], jnp.int32), "decoder_input_ids": jnp.ones(input_shape[1], jnp.int32)}
@@ -190,9 +191,7 @@ class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
         return cfg
 
     def generation_config_to_save(self) -> dict | None:
-        keys = ("decoder_start_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
-        gen = {k: getattr(self.config, k) for k in keys if getattr(self.config, k) is not None}
-        return gen or None
+        return self._generation_config(None, {}).to_dict()
 
     # ------------------------------------------------------------------ calls
     def _check_source(self, input_ids, attention_mask):
@@ -249,7 +248,7 @@ class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
         """
         dec_cfg = self.config.decoder
         check_ids(dec_cfg, decoder_input_ids, "decoder_input_ids")
-        enc = _encoder_states(encoder_outputs)
+        enc = encoder_states(encoder_outputs)
         b, t = jnp.shape(decoder_input_ids)
         if past_key_values is None:
             if enc is None:
@@ -276,7 +275,7 @@ class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
         projection and every layer's cross-attention key/value projections run here, once.
         Structure: see this module's docstring.
         """
-        enc = _encoder_states(encoder_outputs)
+        enc = encoder_states(encoder_outputs)
         if enc is None or jnp.ndim(enc) != 3:
             raise InputError("init_cache needs encoder_outputs: encode()'s output or a (batch, length, width) array")
         if enc.shape[0] != batch_size:
@@ -287,6 +286,16 @@ class FlaxEncoderDecoderModel(FlaxPreTrainedModel):
         return self.apply(params, enc, max_length, method="init_cache")
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load a fine-tuned checkpoint; its ``generation_config.json``, if any, is ``model.generation_config``."""
+        loaded = super().from_pretrained(name_or_path, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        gen_file = model.checkpoint_folder / "generation_config.json"
+        if gen_file.exists():
+            model.set_generation_config(GenerationConfig.from_json_file(gen_file))
+        return loaded
+
     @classmethod
     def from_encoder_decoder_pretrained(
         cls, encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,

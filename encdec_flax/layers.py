@@ -126,7 +126,9 @@ class Attention(nn.Module):
         (k, v), each (B,H,L,K): this step's keys/values are written at slot ``index`` with
         ``lax.dynamic_update_slice`` and the queries attend over all L slots (``mask`` hides
         the slots not written yet). Cross-attention with ``cache``: the encoder's keys/values,
-        computed once by :meth:`kv`, are used as they are and ``kv`` (the encoder states) is ignored.
+        computed once by :meth:`kv`, are used as they are and ``kv`` (the encoder states) is ignored;
+        they may be (N/g,H,S,K) for N = g * B rows, the g rows of a source sharing its keys/values
+        (generation's beams), the ``mask`` then being (N/g,1,1,S).
         """
         if self.gpt2 and not self.cross:
             q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
@@ -137,7 +139,12 @@ class Attention(nn.Module):
                 k, v = cache if cache is not None else self.kv(kv)
             else:
                 k, v = self._split(self.key(x)), self._split(self.value(x))
-        q = self._split(q)  # (B,H,T,K)
+        q = self._split(q)  # (N,H,T,K)
+        # g decoder rows per source (beams, samples) share the source's cross keys/values (B = N / g
+        # rows): fold the rows into the query axis rather than copy the keys/values g times
+        g = q.shape[0] // k.shape[0]
+        if g > 1:
+            q = _fold_rows(q, g)  # (B,H,g*T,K)
         new_cache = cache
         if cache is not None and not self.cross:
             zero = jnp.zeros((), jnp.int32)
@@ -151,10 +158,24 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1)  # (B,H,T,S) float32
         dropped = self.attn_dropout(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhts,bhsk->bhtk", dropped.astype(v.dtype), v)
+        if g > 1:
+            ctx, probs = _unfold_rows(ctx, g), _unfold_rows(probs, g)  # (N,H,T,K), (N,H,T,S)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1)  # (B,T,D)
         if self.gpt2:
             ctx = self.resid_dropout(self.c_proj(ctx), deterministic=deterministic)
         return ctx, new_cache, (probs.astype(self.dtype) if need_weights else None)
+
+
+def _fold_rows(q: jax.Array, g: int) -> jax.Array:
+    """(B*g,H,T,K) -> (B,H,g*T,K): the queries of a source's g rows side by side."""
+    n, h, t, k = q.shape
+    return q.reshape(n // g, g, h, t, k).transpose(0, 2, 1, 3, 4).reshape(n // g, h, g * t, k)
+
+
+def _unfold_rows(x: jax.Array, g: int) -> jax.Array:
+    """(B,H,g*T,X) -> (B*g,H,T,X), the inverse of :func:`_fold_rows`."""
+    b, h, gt, last = x.shape
+    return x.reshape(b, h, g, gt // g, last).transpose(0, 2, 1, 3, 4).reshape(b * g, h, gt // g, last)
 
 
 class AddNorm(nn.Module):

@@ -79,6 +79,17 @@ def check_mask(mask: Any, shape: tuple[int, ...], name: str, of: str) -> None:
         raise InputError(f"{name} has shape {tuple(jnp.shape(mask))}, expected {tuple(shape)} (the shape of {of})")
 
 
+def encoder_states(encoder_outputs: Any):
+    """``encoder_outputs`` as an output object, HF's tuple order, or the (B,S,D) array itself."""
+    if encoder_outputs is None or hasattr(encoder_outputs, "shape"):
+        return encoder_outputs
+    if isinstance(encoder_outputs, outputs.BaseModelOutput):
+        return encoder_outputs.last_hidden_state
+    if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
+        return encoder_outputs[0]
+    raise InputError(f"encoder_outputs expected the output of encode(), a tuple or an array, got {type(encoder_outputs).__name__}")
+
+
 def check_length(config: PretrainedConfig, length: int, name: str) -> None:
     """Positions beyond the embedding table would be clamped silently by JAX: refuse them."""
     limit = config.max_position_embeddings
@@ -270,6 +281,7 @@ class FlaxPreTrainedModel:
             raise ConfigError(f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
                               f"{cls.__name__} (expects {cls.config_class.model_type!r})")
         model = cls(config, seed=seed, dtype=dtype, _do_init=False)
+        model.checkpoint_folder = folder  # where it was read from (generation_config.json lives beside)
         report = model.load_weights(folder, prefer_pt=from_pt, param_dtype=param_dtype)
         report.raise_if(strict)
         if log_report:

@@ -1,0 +1,286 @@
+"""Flax generation: Transformers 4.57 ids on every fixture, processors, shared cache, compile once, config.
+
+Compiling dominates this file's time (about 1 s per generation loop here, against 3-4 s with
+XLA's default options). So: every fixture run asks for ``output_scores``, and runs that differ
+only in values share one compiled loop per pair (penalties, length penalty and early stopping
+are traced: beam3, beam3_never and beam3_false compile once); the models compile with
+``GEN_COMPILE``; the other tests reuse the fixture runs' settings where they can. Still, every
+pair runs every non-sampling fixture run, beams included (the sampled runs cannot match
+torch's generator: sampling is tested for reproducibility instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from generation_cases import CASES, case_arrays, case_config
+
+import encdec_flax.generation as flax_generation
+from encdec_core.errors import ConfigError, GenerationError, InputError
+from encdec_core.generation import GenerationConfig, resolve
+from encdec_flax import FlaxEncoderDecoderModel
+from encdec_flax.processors import build_processors, run_processors, split_plan
+from tests.conftest import FIXTURES, PAIRS, generations
+from tests.test_flax_reference import FAST_COMPILE
+from tests.tolerances import ATOL, assert_close
+
+# FAST_COMPILE without XLA:CPU's fusion emitters, which halve again the compile time of a
+# generation loop here; the ids and scores are asserted, so a numeric change could not hide
+GEN_COMPILE = {"compiler_options": FAST_COMPILE["compiler_options"] | {"xla_cpu_use_fusion_emitters": False}}
+RUNS = sorted(name for name, run in generations(PAIRS[0])["runs"].items() if not run["kwargs"].get("do_sample"))
+_MODELS: dict[str, FlaxEncoderDecoderModel] = {}
+
+
+def model_for(pair: str) -> FlaxEncoderDecoderModel:
+    """One model per pair for the whole file, so the tests share its compiled loops (a test restores what it changes)."""
+    if pair not in _MODELS:
+        _MODELS[pair] = fresh(pair)
+    return _MODELS[pair]
+
+
+def fresh(pair: str) -> FlaxEncoderDecoderModel:
+    model = FlaxEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
+    model.jit_options = GEN_COMPILE
+    return model
+
+
+def batch(pair: str) -> tuple[np.ndarray, np.ndarray]:
+    g = generations(pair)
+    return np.asarray(g["input_ids"]), np.asarray(g["attention_mask"])
+
+
+def assert_same_ids(out, run: dict, pad: int, what: str) -> None:
+    """Equal ids; for beam search, equal up to each hypothesis' end, then our pad.
+
+    As in test_pt_generation (without its torch import): Transformers 4.57 fills a beam
+    hypothesis that ended early with EOS instead of the pad id when the pad id is 0;
+    encdec pads (encdec_core.generation).
+    """
+    ours, ref = np.asarray(out.sequences).tolist(), run["sequences"]
+    if out.beam_indices is None:
+        assert ours == ref, what
+        return
+    assert len(ours) == len(ref) and len(ours[0]) == len(ref[0]), what
+    prompt = len(ours[0]) - out.beam_indices.shape[1]
+    for row, theirs, n in zip(ours, ref, (np.asarray(out.beam_indices) != -1).sum(1).tolist()):
+        assert row[: prompt + n] == theirs[: prompt + n], what
+        assert all(t == pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
+        assert len(set(theirs[prompt + n:])) <= 1, what
+
+
+def run_kwargs(pair: str, run_name: str) -> dict:
+    kw = dict(generations(pair)["runs"][run_name]["kwargs"]) | {"return_dict_in_generate": True, "output_scores": True}
+    if "decoder_input_ids" in kw:
+        kw["decoder_input_ids"] = np.asarray(kw["decoder_input_ids"])
+    return kw
+
+
+@pytest.mark.parametrize("run_name", RUNS)
+def test_ids_match_transformers(pair, run_name):
+    model, (ids, mask) = model_for(pair), batch(pair)
+    run = generations(pair)["runs"][run_name]
+    out = model.generate(ids, attention_mask=mask, **run_kwargs(pair, run_name))
+    assert_same_ids(out, run, model.config.pad_token_id, f"{pair}/{run_name}")
+    if "sequences_scores" in run:
+        assert_close(out.sequences_scores, np.array(run["sequences_scores"]), what=f"{pair} sequences_scores")
+
+
+# ------------------------------------------------------------------------------- processors
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_processor_on_hand_made_scores(case):
+    """As in the loop: jitted, over a fixed-width id buffer of which the first ``length`` columns are real."""
+    ids, scores, expected = case_arrays(case)
+    plan = resolve(GenerationConfig(**case_config(case)), prompt_length=1, vocab_size=7)
+    buffer = np.concatenate([ids, np.full((2, 4), 4), np.full((2, 1), 3)], 1)  # junk after the real ids
+    run = jax.jit(lambda i, s, n: run_processors(build_processors(*split_plan(plan, vocab=7)), i, s, n), **GEN_COMPILE)
+    out = np.asarray(run(buffer, scores, ids.shape[1]))
+    assert np.array_equal(np.isinf(out), np.isinf(expected)), f"{case['name']}: banned {np.isinf(out)}"
+    finite = ~np.isinf(expected)
+    assert np.abs(out[finite] - expected[finite]).max() <= ATOL["float32"], case["name"]
+
+
+# ------------------------------------------------------------------------------- cache and compiles
+def test_rows_of_a_source_share_its_cross_keys_values():
+    """init_cache for g rows per source keeps one (B,H,S,K) copy of the cross keys/values, not g; token by
+    token through it, each row gives the full forward's logits on its own copy of the source."""
+    pair = "bert2gpt2"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    (b, _), g, t = ids.shape, 2, 5
+    dec = np.random.default_rng(0).integers(3, 99, (b * g, t)).astype(np.int32)
+
+    @functools.partial(jax.jit, **GEN_COMPILE)
+    def cached_and_full(params, enc, dec):
+        def step(cache, token):  # token (N,)
+            out = model.decode(token[:, None], None, encoder_attention_mask=mask, past_key_values=cache, params=params)
+            return out.past_key_values, out.logits[:, 0]
+
+        cache = model.apply(params, enc, t, rows=b * g, method="init_cache")
+        cache, logits = jax.lax.scan(step, cache, dec.T)  # (T,N,V)
+        full = model.decode(dec, jnp.repeat(enc, g, 0), encoder_attention_mask=np.repeat(mask, g, 0), params=params)
+        return cache, logits.transpose(1, 0, 2), full.logits
+
+    enc = jax.jit(lambda p: model.encode(ids, mask, params=p).last_hidden_state, **GEN_COMPILE)(model.params)
+    cache, logits, full = cached_and_full(model.params, enc, dec)
+    layer = cache["layers"][0]
+    assert layer["self_key"].shape[0] == b * g and layer["cross_key"].shape[0] == b  # shared, not tiled
+    assert_close(logits, full, what=f"{pair} token by token with shared cross keys/values")
+
+
+def test_compiles_once_per_static_setting(monkeypatch):
+    """Same shapes and static settings: no new trace; other values of a traced setting: none either."""
+    traces = []
+    real = flax_generation.greedy_or_sample
+
+    def counting(*args):
+        traces.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(flax_generation, "greedy_or_sample", counting)
+    model, (ids, mask) = model_for("bert2gpt2"), batch("bert2gpt2")  # settings no other test uses
+    first = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
+    again = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
+    assert len(traces) == 1 and np.array_equal(first, again)
+    other = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=5.0, eos_token_id=None)
+    assert len(traces) == 1 and not np.array_equal(first, other)  # a value: traced, not compiled in
+    model.generate(ids, attention_mask=mask, max_new_tokens=8, repetition_penalty=1.5, eos_token_id=None)
+    assert len(traces) == 2  # max_length is a shape
+
+
+# ------------------------------------------------------------------------------- behaviour
+def test_attention_mask_is_inferred_from_padding_as_transformers():
+    model, (ids, mask) = model_for("bert2bert"), batch("bert2bert")
+    kw = run_kwargs("bert2bert", "greedy")
+    assert np.array_equal(model.generate(ids, **kw).sequences, model.generate(ids, attention_mask=mask, **kw).sequences)
+
+
+def test_encoder_outputs_instead_of_input_ids():
+    pair = "bert2gpt2_proj"  # the projection to the decoder's width runs in init_cache on either path
+    model, (ids, mask) = model_for(pair), batch(pair)
+    enc = jax.jit(lambda p: model.encode(ids, mask, params=p), **GEN_COMPILE)(model.params)  # a BaseModelOutput
+    for run in ("greedy", "beam3_false"):
+        kw = run_kwargs(pair, run)
+        a = model.generate(ids, attention_mask=mask, **kw)
+        b = model.generate(encoder_outputs=enc, attention_mask=mask, **kw)
+        assert np.array_equal(a.sequences, b.sequences), run
+
+
+def test_sampling_is_reproducible_with_a_seed_or_key():
+    pair = "bert2bert"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    kw = run_kwargs(pair, "sample") | {"eos_token_id": None, "return_dict_in_generate": False}
+    a = model.generate(ids, attention_mask=mask, seed=5, **kw)
+    b = model.generate(ids, attention_mask=mask, prng_key=jax.random.PRNGKey(5), **kw)
+    others = [model.generate(ids, attention_mask=mask, seed=s, **kw) for s in (6, 7)]
+    assert np.array_equal(a, b) and a.shape == (3, 13)
+    assert any(not np.array_equal(a, o) for o in others)
+    greedy = model.generate(ids, attention_mask=mask, **run_kwargs(pair, "greedy_no_eos")).sequences
+    assert np.array_equal(model.generate(ids, attention_mask=mask, seed=1, **(kw | {"top_k": 1})), greedy)
+
+
+def test_sampling_several_per_source_and_beam_sampling():
+    pair = "bert2gpt2"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    kw = run_kwargs(pair, "sample_two_each") | {"eos_token_id": None}
+    two = model.generate(ids, attention_mask=mask, seed=3, **kw).sequences
+    assert two.shape == (6, 9) and np.array_equal(two, model.generate(ids, attention_mask=mask, seed=3, **kw).sequences)
+    assert not np.array_equal(two[0::2], two[1::2])  # a source's two rows draw apart
+    beam = dict(do_sample=True, num_beams=3, max_new_tokens=6, return_dict_in_generate=True)
+    x, y = (model.generate(ids, attention_mask=mask, seed=2, **beam) for _ in range(2))
+    assert x.sequences.shape[0] == 3 and np.array_equal(x.sequences, y.sequences)
+    assert np.array_equal(x.sequences_scores, y.sequences_scores)
+
+
+def test_return_dict_fields():
+    pair = "bert2gpt2"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    out = model.generate(ids, attention_mask=mask, **run_kwargs(pair, "greedy_no_eos"))
+    assert out.sequences.shape == (3, 13) and len(out.scores) == 12 and out.scores[0].shape == (3, 99)
+    assert np.array_equal(np.stack([s.argmax(-1) for s in out.scores], 1), out.sequences[:, 1:])
+    beam = model.generate(ids, attention_mask=mask, **run_kwargs(pair, "beam3"))  # 3 beams, 2 returned
+    n_gen = beam.sequences.shape[1] - 1
+    assert beam.sequences.shape[0] == 6 and beam.sequences_scores.shape == (6,) and beam.beam_indices.shape == (6, n_gen)
+    assert len(beam.scores) >= n_gen and beam.scores[0].shape == (9, 99)
+    assert (beam.sequences_scores[0::2] >= beam.sequences_scores[1::2]).all()  # best first per source
+
+
+def test_bare_call_returns_ids():
+    pair = "bert2gpt2"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=12)
+    assert isinstance(out, np.ndarray) and out.tolist() == generations(pair)["runs"]["greedy"]["sequences"]
+
+
+# ------------------------------------------------------------------------------- config
+def test_generation_config_saved_and_reloaded(tmp_path):
+    model = fresh("bert2bert")
+    model.generation_config = model.generation_config.update(max_new_tokens=4, num_beams=2)
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    assert saved["max_new_tokens"] == 4 and saved["num_beams"] == 2 and saved["decoder_start_token_id"] == 2
+    assert saved == GenerationConfig.from_json_file(FIXTURES / "bert2bert" / "pt" / "generation_config.json").update(
+        max_new_tokens=4, num_beams=2).to_dict()  # what the PyTorch backend writes
+    again = FlaxEncoderDecoderModel.from_pretrained(tmp_path / "m")
+    assert again.generation_config.max_new_tokens == 4 and again.generation_config.num_beams == 2
+
+
+def test_tokens_set_on_model_config_after_construction_are_used():
+    """The seed's workflow: build, then set model.config.decoder_start_token_id."""
+    pair = "bert2gpt2"
+    model, (ids, mask) = model_for(pair), batch(pair)
+    model.config.decoder_start_token_id = 7
+    try:
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=12)  # the bare call's compiled loop
+    finally:
+        model.config.decoder_start_token_id = 2
+    assert out[:, 0].tolist() == [7, 7, 7]
+
+
+def test_missing_start_token_is_a_clear_error():
+    model = fresh("bert2bert")
+    model.set_generation_config(GenerationConfig())
+    model.config.decoder_start_token_id = None
+    model.config.bos_token_id = None
+    with pytest.raises(GenerationError, match="decoder_start_token_id"):
+        model.generate(*batch("bert2bert"))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(num_return_sequences=2), "num_return_sequences"),
+    (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(max_new_tokenz=3), "max_new_tokenz"),
+    (dict(eos_token_id=500), "eos_token_id=500"),
+    (dict(bad_words_ids=[[]]), "bad_words_ids"),
+    (dict(max_length=1), "max_length"),
+])
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(GenerationError, match=match):
+        model_for("bert2bert").generate(*batch("bert2bert"), **kwargs)
+
+
+def test_unsupported_strategy_in_a_loaded_config_is_refused():
+    gen = GenerationConfig.from_dict({"num_beam_groups": 2, "diversity_penalty": 0.5})
+    with pytest.raises(GenerationError, match="num_beam_groups"):
+        model_for("bert2bert").generate(*batch("bert2bert"), generation_config=gen)
+
+
+def test_generation_config_types_are_checked():
+    with pytest.raises(ConfigError, match="num_beams"):
+        GenerationConfig.from_dict({"num_beams": "4"})
+
+
+def test_bad_inputs_are_named():
+    model, (ids, mask) = model_for("bert2bert"), batch("bert2bert")
+    with pytest.raises(InputError, match="input_ids"):
+        model.generate()
+    with pytest.raises(InputError, match="decoder_input_ids"):
+        model.generate(ids, attention_mask=mask, decoder_input_ids=np.array([[2]]))
+    with pytest.raises(InputError, match="max_length has length 41"):  # beyond the decoder's positions
+        model.generate(ids, attention_mask=mask, max_new_tokens=40)
