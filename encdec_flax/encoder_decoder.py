@@ -40,6 +40,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from conversion.flax_msgpack import flatten_tree, unflatten_tree
 from encdec_core.configs import EncoderDecoderConfig, load_config
@@ -49,8 +50,14 @@ from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, CausalLMOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
 from encdec_core.report import LoadingReport
-from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
+from encdec_core.semantics import (
+    IGNORE_INDEX,
+    default_decoder_attention_mask,
+    shift_tokens_right,
+    split_prefixed_kwargs,
+)
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
+from encdec_core.validation import check_batch, check_label_values
 from encdec_flax import models as _models  # noqa: F401  (registers the architectures)
 from encdec_flax.generation import GenerationMixin
 from encdec_flax.layers import Dtype
@@ -144,6 +151,24 @@ class EncoderDecoderModule(nn.Module):
         )
 
 
+def _shape(x: Any) -> tuple[int, ...] | None:
+    return None if x is None else tuple(jnp.shape(x))
+
+
+def check_labels(labels: Any, vocab_size: int) -> None:
+    """Integer labels in [0, vocab) or -100, with the message every backend gives (encdec_core.validation)."""
+    if labels is None:
+        return
+    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise InputError(f"labels must hold integer token ids, got dtype {dtype}")
+    if is_traced(labels):
+        return
+    kept = np.asarray(labels)[np.asarray(labels) != IGNORE_INDEX]
+    if kept.size:
+        check_label_values(int(kept.min()), int(kept.max()), vocab_size)
+
+
 def _flag(value: Any) -> bool:
     return bool(value) if value is not None else False
 
@@ -207,17 +232,15 @@ class FlaxEncoderDecoderModel(GenerationMixin, FlaxPreTrainedModel):
         Without ``decoder_input_ids``, labels give them by a shift right (``decoder_start_token_id``
         first, -100 -> ``pad_token_id``) and the decoder mask is ``decoder_input_ids != pad_token_id``.
         """
-        self._check_source(input_ids, attention_mask)
         dec_cfg = self.config.decoder
         if decoder_input_ids is None and labels is None:
             raise InputError("give decoder_input_ids, or labels to derive them from")
-        check_ids(dec_cfg, labels, "labels", allow_ignore=True)
+        check_batch(self.config.encoder, dec_cfg, input_ids=_shape(input_ids), attention_mask=_shape(attention_mask),
+                    decoder_input_ids=_shape(decoder_input_ids),
+                    decoder_attention_mask=_shape(decoder_attention_mask), labels=_shape(labels))
+        self._check_source(input_ids, attention_mask)
+        check_labels(labels, dec_cfg.vocab_size)
         check_ids(dec_cfg, decoder_input_ids, "decoder_input_ids")
-        target = decoder_input_ids if decoder_input_ids is not None else labels
-        name = "decoder_input_ids" if decoder_input_ids is not None else "labels"
-        check_mask(decoder_attention_mask, jnp.shape(target), "decoder_attention_mask", name)
-        check_mask(labels, jnp.shape(target), "labels", name)
-        check_length(dec_cfg, jnp.shape(target)[1], name)
         out = self.apply(params, input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                          decoder_attention_mask=decoder_attention_mask, position_ids=position_ids,
                          decoder_position_ids=decoder_position_ids, labels=labels, train=train,

@@ -31,7 +31,8 @@ from jax import lax
 from encdec_core.errors import InputError
 from encdec_core.generation import GenerationConfig, GenerationPlan, config_for_call, derived_tokens, resolve
 from encdec_core.outputs import GenerateOutput
-from encdec_flax.modeling_utils import check_ids, check_length, encoder_states
+from encdec_core.validation import max_positions
+from encdec_flax.modeling_utils import check_ids, encoder_states
 from encdec_flax.processors import Static, build_processors, run_processors, split_plan
 
 NEG = -1.0e9  # HF's "impossible" beam score: finite so sums and comparisons stay ordered
@@ -253,8 +254,8 @@ class GenerationMixin:
                                                     probe.eos_ids)
         b = enc.shape[0]
         prompt, prompt_mask = self._decoder_prompt(decoder_input_ids, decoder_attention_mask, b, probe.start_id)
-        plan = resolve(gen, prompt_length=prompt.shape[1], vocab_size=vocab)
-        check_length(self.config.decoder, plan.max_length, "max_length")
+        plan = resolve(gen, prompt_length=prompt.shape[1], vocab_size=vocab,
+                       max_positions=max_positions(self.config.decoder))
         g = plan.num_beams if plan.num_beams > 1 else (plan.num_return_sequences if gen.do_sample else 1)
         dec_mask = None
         if prompt_mask is not None:  # with a cache the decoder mask covers the L slots

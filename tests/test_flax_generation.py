@@ -282,5 +282,5 @@ def test_bad_inputs_are_named():
         model.generate()
     with pytest.raises(InputError, match="decoder_input_ids"):
         model.generate(ids, attention_mask=mask, decoder_input_ids=np.array([[2]]))
-    with pytest.raises(InputError, match="max_length has length 41"):  # beyond the decoder's positions
+    with pytest.raises(GenerationError, match="max_length=41 .* exceeds the decoder.s 40 positions"):
         model.generate(ids, attention_mask=mask, max_new_tokens=40)
