@@ -36,11 +36,15 @@ class DecoderCache(NamedTuple):
     A ``tf.nest`` structure of tensors (a ``tf.function`` / ``tf.while_loop`` argument as is).
     Build it with ``init_cache(batch_size, max_length, encoder_hidden_states,
     encoder_attention_mask)``; pass it as ``past_key_values``: the call returns the updated one.
+    With ``batch_size = B * g`` rows for B encoder states (beams, samples), the cross entries
+    stay (B,H,S,K), shared by each source's g consecutive rows (attention folds them into its
+    queries) rather than tiled g times.
 
     * ``index`` () int32: positions written so far, i.e. the position of the next token.
     * ``layers``: per layer ``(k, v)`` self-attention buffers (B,H,L,K), then, with
       cross-attention, ``(cross_k, cross_v)`` (B,H,S,K), computed once from the encoder states.
-    * ``encoder_attention_mask`` (B, S) int32, 1 = attend ((B, 0) without cross-attention).
+    * ``encoder_attention_mask`` (B, S) int32, 1 = attend ((B, 0) without cross-attention); B is
+      the number of sources, which may divide the number of rows (shared cross entries).
     """
 
     index: Any
@@ -51,10 +55,22 @@ class DecoderCache(NamedTuple):
     def max_length(self) -> int:
         return int(self.layers[0][0].shape[2])
 
-    def reorder(self, beam_idx) -> DecoderCache:
-        """The cache of the rows ``beam_idx`` (B_new,): what beam search keeps after a step."""
+    def reorder(self, beam_idx, shared_cross: bool | None = None) -> DecoderCache:
+        """The cache of the rows ``beam_idx`` (N_new,): what beam search keeps after a step.
+
+        Cross keys/values and the encoder mask follow the rows when they hold one per row. When
+        they are shared (B sources for N = B * g rows, see ``init_cache``) they stay as they are:
+        ``beam_idx`` must then keep every row within its source, as beam search does.
+        ``shared_cross=None`` tells the two apart by the static batch sizes.
+        """
         take = lambda t: tf.gather(t, beam_idx, axis=0)  # noqa: E731
-        return DecoderCache(self.index, tf.nest.map_structure(take, self.layers), take(self.encoder_attention_mask))
+        if shared_cross is None:
+            first = self.layers[0]
+            shared_cross = len(first) > 2 and first[0].shape[0] != first[2].shape[0]
+        if not shared_cross:
+            return DecoderCache(self.index, tf.nest.map_structure(take, self.layers), take(self.encoder_attention_mask))
+        layers = tuple((take(e[0]), take(e[1])) + tuple(e[2:]) for e in self.layers)
+        return DecoderCache(self.index, layers, self.encoder_attention_mask)
 
     @classmethod
     def empty(cls, attention_layers, batch_size: int, max_length: int, encoder_hidden_states=None,

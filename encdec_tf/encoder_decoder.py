@@ -27,6 +27,7 @@ import tensorflow.experimental.numpy as tnp
 
 from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig, load_config
 from encdec_core.errors import ConfigError, InputError
+from encdec_core.generation import GenerationConfig
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
@@ -36,6 +37,7 @@ from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decode
 from encdec_tf import models as _models  # noqa: F401  (registers the architectures)
 from encdec_tf.adopt import adopt_config
 from encdec_tf.cache import DecoderCache
+from encdec_tf.generation import GenerationMixin
 from encdec_tf.layers import Dense
 from encdec_tf.modeling_utils import (
     HUB_KWARGS,
@@ -48,15 +50,18 @@ from encdec_tf.models import masked_cross_entropy
 
 logger = logging.getLogger("encdec")
 WRAPPER_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
-class TFEncoderDecoderModel(PreTrainedModel):
+
+
+class TFEncoderDecoderModel(GenerationMixin, PreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder, in Keras 3.
 
     Build it from a config (random weights), from two models, or warm-start it from two
     pretrained checkpoints with :meth:`from_encoder_decoder_pretrained`; load a fine-tuned one
     with :meth:`from_pretrained` (any format: canonical safetensors, HF's ``tf_model.h5``).
     ``call`` takes HF's arguments and returns HF's fields; ``model.fit`` on dict batches with
-    ``labels`` trains on the internal loss. :meth:`init_cache` and :meth:`decode_step` are the
-    cached decoder step for generation.
+    ``labels`` trains on the internal loss. :meth:`generate` decodes (greedy, beam search,
+    sampling) compiled with XLA, on the cached step :meth:`init_cache` / :meth:`decode_step`;
+    :meth:`export_generate` saves it as a SavedModel.
 
     Assigning ``model.config = pt_model.config`` (the workaround of HF's documentation) adopts
     the config's special tokens and, for a warm-started model whose ``enc_to_dec_proj`` is
@@ -103,6 +108,7 @@ class TFEncoderDecoderModel(PreTrainedModel):
             # spares fit() and optimizers a warning about variables without gradients at every step
             self.encoder.pooler.trainable = False
         self._finish_init()
+        self.set_generation_config(GenerationConfig.from_model_config(config))
 
     # ------------------------------------------------------------------ config
     @property
@@ -157,8 +163,7 @@ class TFEncoderDecoderModel(PreTrainedModel):
         return cfg
 
     def generation_config_to_save(self) -> dict | None:
-        gen = {k: getattr(self.config, k) for k in WRAPPER_TOKENS if getattr(self.config, k) is not None}
-        return gen or None
+        return self._generation_config(None, {}).to_dict()
 
     def prepare_decoder_input_ids_from_labels(self, labels) -> tf.Tensor:
         return shift_tokens_right(tf.convert_to_tensor(labels), self.config.pad_token_id,
@@ -315,9 +320,14 @@ class TFEncoderDecoderModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: EncoderDecoderConfig | None = None,
                         from_pt: bool = False, strict: bool = False, output_loading_info: bool = False, **kwargs):
-        """Load a fine-tuned encoder-decoder checkpoint (a local folder or a Hub repo id), any format."""
-        return super().from_pretrained(name_or_path, *model_args, config=config, from_pt=from_pt, strict=strict,
-                                       output_loading_info=output_loading_info, **kwargs)
+        """Load a fine-tuned checkpoint (a local folder or a Hub repo id), any format; its
+        ``generation_config.json``, if any, is ``model.generation_config``."""
+        model, report = super().from_pretrained(name_or_path, *model_args, config=config, from_pt=from_pt,
+                                                strict=strict, output_loading_info=True, **kwargs)
+        gen_file = model.checkpoint_folder / "generation_config.json"
+        if gen_file.exists():
+            model.set_generation_config(GenerationConfig.from_json_file(gen_file))
+        return (model, report) if output_loading_info else model
 
 
 def _class_for(path, role: str, kw: dict) -> type:

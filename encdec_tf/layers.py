@@ -140,8 +140,10 @@ class Attention(Module):
     sublayer's ``output`` (see :class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for
     self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
     ``past`` is this layer's cached (k, v): reused as is by cross-attention (computed once per
-    generation); extended by self-attention, by concatenation (HF's growing tuples) or, with
-    ``cache_index``, by writing into a preallocated (B,H,L,K) buffer at that position.
+    generation, for the B sources: when x has N = B * g rows, e.g. beams, the g rows of a source
+    are folded into its query axis rather than tiling k/v g times); extended by self-attention,
+    by concatenation (HF's growing tuples) or, with ``cache_index``, by writing into a
+    preallocated (N,H,L,K) buffer at that position.
     """
 
     def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0, name: str):
@@ -196,12 +198,33 @@ class Attention(Module):
                 k, v = tf.concat([past[0], k], axis=2), tf.concat([past[1], v], axis=2)
             else:
                 k, v = write_cache(past[0], k, cache_index), write_cache(past[1], v, cache_index)
-        ctx, probs = attend(self._split(q), k, v, attn_mask, scale=self.scale, rate=self.attn_dropout, training=training)
+        q = self._split(q)  # (N,H,T,K)
+        fold = self.cross and past is not None and _shared_rows(q, k)  # only cached k/v can be shared
+        if fold:  # beams (or samples) of one source share its cross keys/values: fold them into queries
+            n, h, t, hd = dims(q)
+            b = dims(k)[0]
+            q = tf.transpose(tf.reshape(q, (b, n // b, h, t, hd)), (0, 2, 1, 3, 4))  # (B,H,g,T,K)
+            q = tf.reshape(q, (b, h, -1, hd))  # (B,H,g*T,K)
+        ctx, probs = attend(q, k, v, attn_mask, scale=self.scale, rate=self.attn_dropout, training=training)
+        if fold:  # (B,H,g*T,.) -> (N,H,T,.)
+            ctx, probs = _unfold(ctx, n, t), (_unfold(probs, n, t) if need_weights else probs)
         b, _, t, _ = dims(ctx)
         ctx = tf.reshape(tf.transpose(ctx, (0, 2, 1, 3)), (b, t, self.n_heads * self.head_dim))  # (B,T,D)
         if self.gpt2:
             ctx = dropout(self.c_proj(ctx), self.resid_dropout, training)
         return ctx, ((k, v) if use_cache else None), (probs if need_weights else None)
+
+
+def _shared_rows(q, k) -> bool:
+    """Whether q's N rows come in groups sharing k's B rows (N = B * g): known statically, or assumed when not."""
+    n, b = q.shape[0], k.shape[0]
+    return n is None or b is None or n != b  # unknown (an exported signature): fold, a no-op reshape if g = 1
+
+
+def _unfold(x, n, t):
+    """(B,H,g*T,X) -> (N,H,T,X): each row's queries back in their own row."""
+    b, h, _, last = dims(x)
+    return tf.reshape(tf.transpose(tf.reshape(x, (b, h, n // b, t, last)), (0, 2, 1, 3, 4)), (n, h, t, last))
 
 
 class AddNorm(Module):

@@ -1,0 +1,233 @@
+"""``generate`` for the TensorFlow backend: greedy, sampling and beam search compiled with XLA.
+
+The rules (lengths, special tokens, processor order, beam bookkeeping) are those of
+:mod:`encdec_core.generation`; ``encdec_pt.generation`` writes them in torch. Here the
+decoding (cross-attention keys/values computed once by ``init_cache``, then a
+``tf.while_loop`` of one-token decoder steps writing into the preallocated cache, see
+:mod:`encdec_tf.search`) is one ``tf.function(jit_compile=True)`` that stops as soon as every
+row (or every beam search) is finished; the encoder is another, shared by every setting.
+Both are kept on the model, traced once per input shape and static settings.
+
+Shapes: B sources, g rows per source (beams or samples), N = B * g decoder rows, V vocabulary,
+L max decoder length, P decoder prompt length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from encdec_core.errors import InputError
+from encdec_core.generation import (
+    GenerationConfig,
+    GenerationPlan,
+    bad_words_for,
+    config_for_call,
+    derived_tokens,
+    resolve,
+)
+from encdec_core.outputs import BaseModelOutput, GenerateOutput
+from encdec_core.validation import check_batch, max_positions
+from encdec_tf.modeling_utils import check_ids
+from encdec_tf.processors import build_processors, run_processors
+from encdec_tf.search import EARLY_STOPPING, NEG, beam_search, decode_loop, greedy_or_sample
+
+
+def finish(raw: dict, plan: GenerationPlan, want_scores: bool) -> GenerateOutput:
+    """The compiled loop's fixed-size buffers -> a GenerateOutput trimmed as PT's (eager or traced)."""
+    beam = "beam_indices" in raw
+    scores = None
+    if want_scores:
+        scores = tuple(tf.unstack(raw["scores"][: int(raw["steps"])]))  # eager only: a Python tuple per step
+    return GenerateOutput(
+        sequences=raw["sequences"][:, : raw["length"]], scores=scores,
+        sequences_scores=raw["sequences_scores"] if beam else None,
+        beam_indices=raw["beam_indices"][:, : raw["length"] - plan.prompt_length] if beam else None,
+    )
+
+
+# ------------------------------------------------------------------------------- compiled decoding
+def static_key(plan: GenerationPlan, **flags) -> tuple:
+    """Everything a compiled decoding depends on besides its input shapes: one XLA program per key and shape."""
+    gen = plan.config
+    fields = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
+              "forced_bos_token_id")  # EOS and pad ids, length_penalty, early_stopping, seed: inputs (knobs())
+    n_eos = len(plan.eos_ids) if plan.num_beams > 1 else None  # beams keep (1 + n_eos) * num_beams candidates
+    return (plan.strategy, n_eos, plan.prompt_length, plan.max_length, plan.min_length,
+            plan.num_beams, plan.num_return_sequences, tuple(bad_words_for(gen, plan.eos_ids)),
+            repr(gen.forced_eos_token_id), *(getattr(gen, f) for f in fields), *sorted(flags.items()))
+
+
+def knobs(plan: GenerationPlan, vocab: int, seed: int | None = None) -> dict[str, tf.Tensor]:
+    """The settings a compiled decoding takes as tensors, so that changing them does not recompile."""
+    seed = tf.random.uniform((), 0, 2**31 - 1, tf.int32) if seed is None else tf.constant(int(seed) % 2**31)
+    return {"seed": seed, "eos": tf.constant(np.isin(np.arange(vocab), plan.eos_ids)),  # (V,) bool
+            "pad": tf.constant(plan.pad_id if plan.pad_id is not None else 0),
+            "length_penalty": tf.constant(float(plan.config.length_penalty), tf.float64),
+            "early_stopping": tf.constant(EARLY_STOPPING[plan.config.early_stopping])}
+
+
+class CompiledGenerate:
+    """A model's compiled decodings, one ``tf.function`` per :func:`static_key`; ``traces`` counts Python traces."""
+
+    def __init__(self):
+        self.fns: dict[tuple, Callable] = {}
+        self.traces = 0
+
+
+def _compiled(model) -> CompiledGenerate:
+    # set in __dict__, past Keras' __setattr__: a cache of functions, not state to track or save
+    return model.__dict__.setdefault("_compiled_generate", CompiledGenerate())
+
+
+def encoder_function(model, jit_compile: bool) -> Callable:
+    """``fn(ids (B,S), mask (B,S)) -> encoder states (B,S,D_enc)``, compiled apart: every decoding setting reuses it."""
+    compiled = _compiled(model)
+    key = ("encoder", jit_compile)
+    if key not in compiled.fns:
+        compiled.fns[key] = tf.function(lambda ids, mask: model.encoder(input_ids=ids, attention_mask=mask)
+                                        .last_hidden_state, jit_compile=jit_compile, autograph=False)
+    return compiled.fns[key]
+
+
+def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_compile: bool) -> Callable:
+    """``fn(states, source_mask, prompt, prompt_mask, knobs) -> raw outputs``, cached on the model.
+
+    ``states`` (B, S, D_enc) encoder states; ``source_mask`` (B, S) int32; ``prompt`` and
+    ``prompt_mask`` (B, P) int32; ``knobs``: see :func:`knobs`. Traced once per input shape.
+    """
+    compiled = _compiled(model)
+    key = static_key(plan, want_scores=want_scores, jit_compile=jit_compile)
+    if key in compiled.fns:
+        return compiled.fns[key]
+    nb = plan.num_beams
+    g = nb if nb > 1 else (plan.num_return_sequences if plan.config.do_sample else 1)
+    vocab = model.config.decoder.vocab_size
+
+    def decode(states, source_mask, prompt, prompt_mask, knobs):
+        compiled.traces += 1  # runs only while tracing
+        processors = build_processors(plan, eos=knobs["eos"])
+        prompt = tf.repeat(prompt, g, axis=0)  # (N, P)
+        # cross k/v computed once here, (B,H,S,K): the g rows of a source share them
+        cache = model.init_cache(tf.shape(prompt)[0], plan.max_length, states, source_mask)
+        ones = tf.ones((tf.shape(prompt_mask)[0], plan.max_new_tokens), tf.int32)
+        dec_mask = tf.repeat(tf.concat([prompt_mask, ones], 1), g, axis=0)  # (N, L)
+
+        def step(ids, cache):
+            logits, cache = model.decode_step(ids, cache, dec_mask)
+            return logits[:, -1], cache  # (N, V)
+
+        run = beam_search if nb > 1 else greedy_or_sample
+        return run(step, cache, prompt, plan, processors, knobs, want_scores, vocab)
+
+    compiled.fns[key] = tf.function(decode, jit_compile=jit_compile, autograph=False)
+    return compiled.fns[key]
+
+
+# ------------------------------------------------------------------------------- the mixin
+class GenerationMixin:
+    """``generate`` and ``export_generate`` for :class:`~encdec_tf.TFEncoderDecoderModel`."""
+
+    def set_generation_config(self, gen: GenerationConfig) -> None:
+        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
+        self.generation_config = gen
+        self._derived_tokens = derived_tokens(gen)
+
+    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
+        gen = generation_config if generation_config is not None else self.generation_config
+        return config_for_call(gen, self.config, dict(getattr(self, "_derived_tokens", {})), kwargs)
+
+    def _source_for_generation(self, input_ids, attention_mask, encoder_outputs, probe: GenerationPlan):
+        """(source ids (B,S) int32 or encoder states (B,S,D_enc), source mask (B,S) int32, whether to encode)."""
+        attention_mask = None if attention_mask is None else tf.convert_to_tensor(attention_mask)
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise InputError("generate: give input_ids (the source tokens) or encoder_outputs")
+            source = tf.convert_to_tensor(input_ids)
+            check_batch(self.config.encoder, None, input_ids=tuple(source.shape),
+                        attention_mask=None if attention_mask is None else tuple(attention_mask.shape))
+            check_ids(self.config.encoder, source, "input_ids")
+            source = tf.cast(source, tf.int32)
+            if attention_mask is None and probe.pad_id is not None and probe.pad_id not in probe.eos_ids:
+                attention_mask = tf.not_equal(source, probe.pad_id)  # inferred from padding, as HF
+        else:
+            if isinstance(encoder_outputs, BaseModelOutput):
+                encoder_outputs = encoder_outputs.last_hidden_state
+            elif isinstance(encoder_outputs, (tuple, list)):
+                encoder_outputs = encoder_outputs[0]
+            source = tf.convert_to_tensor(encoder_outputs, tf.float32)
+        want = tuple(source.shape[:2])
+        if attention_mask is None:  # all ones: the same numbers as no mask, and one compiled signature
+            return source, tf.ones(want, tf.int32), encoder_outputs is None
+        mask = tf.cast(tf.convert_to_tensor(attention_mask), tf.int32)
+        if tuple(mask.shape) != want:
+            raise InputError(f"attention_mask has shape {tuple(mask.shape)}, expected {want}")
+        return source, mask, encoder_outputs is None
+
+    def _decoder_prompt(self, b: int, start: int, decoder_input_ids, decoder_attention_mask):
+        """(prompt (B,P) int32, its mask (B,P) int32): the start token, or it followed by the given ids."""
+        first = tf.fill((b, 1), start)
+        if decoder_input_ids is None:
+            return first, tf.ones((b, 1), tf.int32)
+        ids = tf.convert_to_tensor(decoder_input_ids)
+        if ids.shape.rank != 2 or ids.shape[0] != b:
+            raise InputError(f"decoder_input_ids expected shape ({b}, length), got {tuple(ids.shape)}")
+        check_ids(self.config.decoder, ids, "decoder_input_ids")
+        ids = tf.cast(ids, tf.int32)
+        mask = tf.ones_like(ids) if decoder_attention_mask is None else tf.cast(decoder_attention_mask, tf.int32)
+        if bool(tf.reduce_all(ids[:, 0] != start)):  # the start token is prepended unless every row has it
+            return tf.concat([first, ids], 1), tf.concat([tf.ones_like(first), mask], 1)
+        return ids, mask
+
+    def generate(self, input_ids=None, attention_mask=None, *, encoder_outputs=None, decoder_input_ids=None,
+                 decoder_attention_mask=None, generation_config: GenerationConfig | None = None,
+                 seed: int | None = None, jit_compile: bool = True, **kwargs):
+        """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
+
+        Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
+        model config), overridden by ``generation_config=`` and by keyword arguments
+        (``max_new_tokens=``, ``num_beams=``, ...). ``decoder_input_ids`` is a decoder prompt (the
+        start token is prepended unless every row begins with it). Sampling draws stateless
+        random numbers from ``seed=`` (reproducible; a random seed when None). Returns int32 ids
+        (rows, length), or a :class:`GenerateOutput` with ``return_dict_in_generate=True``.
+
+        The decoding is one ``tf.function(jit_compile=True)`` (``jit_compile=False``: the same
+        graph without XLA, for debugging), kept on the model per static settings and compiled
+        once per input shape: (batch, source length, decoder prompt length); the encoder is
+        compiled apart, once per source shape, for every setting. EOS and pad ids, the length
+        penalty, early stopping and the seed are inputs of the compiled program: changing them
+        does not recompile; other settings do (once each). To bound the number of compilations,
+        pad sources to a few bucket lengths with an ``attention_mask`` and keep the batch size
+        fixed (pad the last batch with rows of padding); padded positions are masked out::
+
+            s = -(-ids.shape[1] // 32) * 32                      # next multiple of 32
+            ids = tf.pad(ids, [[0, 0], [0, s - ids.shape[1]]], constant_values=pad_token_id)
+            mask = tf.pad(mask, [[0, 0], [0, s - mask.shape[1]]])
+            model.generate(ids, attention_mask=mask, max_new_tokens=32, num_beams=4)
+        """
+        gen = self._generation_config(generation_config, kwargs)
+        vocab = self.config.decoder.vocab_size
+        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
+        source, source_mask, encode = self._source_for_generation(input_ids, attention_mask, encoder_outputs, probe)
+        prompt, prompt_mask = self._decoder_prompt(int(source.shape[0]), probe.start_id, decoder_input_ids,
+                                                   decoder_attention_mask)
+        plan = resolve(gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab,
+                       max_positions=max_positions(self.config.decoder))
+        want_scores = gen.return_dict_in_generate and gen.output_scores
+        states = encoder_function(self, jit_compile)(source, source_mask) if encode else source
+        fn = decoding_function(self, plan, want_scores=want_scores, jit_compile=jit_compile)
+        raw = fn(states, source_mask, prompt, prompt_mask, knobs(plan, vocab, seed))
+        out = finish(raw, plan, want_scores)
+        return out if gen.return_dict_in_generate else out.sequences
+
+    def export_generate(self, path, **settings):
+        """Save a SavedModel whose serving signature generates; see :func:`encdec_tf.export.export_generate`."""
+        from encdec_tf.export import export_generate
+
+        return export_generate(self, path, **settings)
+
+
+__all__ = ["GenerationMixin", "greedy_or_sample", "beam_search", "decode_loop", "finish", "decoding_function",
+           "encoder_function", "static_key", "knobs", "build_processors", "run_processors", "NEG", "EARLY_STOPPING"]
