@@ -137,7 +137,9 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
         Keyword arguments prefixed ``decoder_`` go to the decoder, the others to the encoder.
         """
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
-        self._check_inputs(input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask, labels)
+        # with a cache, the decoder mask also covers the cached positions
+        self._check_inputs(input_ids, attention_mask, encoder_outputs, decoder_input_ids,
+                           None if past_key_values is not None else decoder_attention_mask, labels)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,

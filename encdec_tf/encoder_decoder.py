@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
@@ -32,8 +33,14 @@ from encdec_core.hub import resolve_checkpoint
 from encdec_core.outputs import BaseModelOutput, Seq2SeqLMOutput
 from encdec_core.registry import model_class
 from encdec_core.report import LoadingReport
-from encdec_core.semantics import default_decoder_attention_mask, shift_tokens_right, split_prefixed_kwargs
+from encdec_core.semantics import (
+    IGNORE_INDEX,
+    default_decoder_attention_mask,
+    shift_tokens_right,
+    split_prefixed_kwargs,
+)
 from encdec_core.tables import Param, Tie, encoder_decoder_table, encoder_decoder_ties, needs_projection
+from encdec_core.validation import check_batch, check_label_values
 from encdec_tf import models as _models  # noqa: F401  (registers the architectures)
 from encdec_tf.adopt import adopt_config
 from encdec_tf.cache import DecoderCache
@@ -195,6 +202,9 @@ class TFEncoderDecoderModel(GenerationMixin, PreTrainedModel):
                              **kwargs)
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
         cached = isinstance(past_key_values, DecoderCache)
+        if not cached:  # with a cache, the decoder mask also covers the cached positions
+            _check_inputs(self.config, input_ids, attention_mask, encoder_outputs, decoder_input_ids,
+                          None if past_key_values is not None else decoder_attention_mask, labels)
         if encoder_outputs is None and not (cached and input_ids is None and inputs_embeds is None):
             if input_ids is None and inputs_embeds is None:
                 raise InputError("TFEncoderDecoderModel: give input_ids, inputs_embeds or encoder_outputs")
@@ -335,6 +345,32 @@ def _class_for(path, role: str, kw: dict) -> type:
     hub = {k: kw[k] for k in HUB_KWARGS if k in kw}
     config: PretrainedConfig = kw.get("config") or load_config(resolve_checkpoint(path, **hub))
     return model_class("tf", config, role)
+
+
+def _static_shape(x) -> tuple[int, ...] | None:
+    """A fully known shape, or None (absent input, or a dimension unknown while Keras traces)."""
+    if x is None:
+        return None
+    shape = tuple(x.shape)
+    return None if any(d is None for d in shape) else tuple(int(d) for d in shape)
+
+
+def _check_inputs(config, input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask,
+                  labels) -> None:
+    """The shared shape and label checks (encdec_core.validation): PyTorch's errors, word for word."""
+    enc = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else (
+        encoder_outputs.last_hidden_state if encoder_outputs is not None else None)
+    check_batch(config.encoder, config.decoder, input_ids=_static_shape(input_ids),
+                attention_mask=_static_shape(attention_mask), encoder_states=_static_shape(enc),
+                decoder_input_ids=_static_shape(decoder_input_ids),
+                decoder_attention_mask=_static_shape(decoder_attention_mask), labels=_static_shape(labels))
+    if labels is not None and tf.executing_eagerly():
+        values = np.asarray(labels)
+        if not np.issubdtype(values.dtype, np.integer):
+            raise InputError(f"labels must hold integer token ids, got dtype {values.dtype}")
+        kept = values[values != IGNORE_INDEX]
+        if kept.size:
+            check_label_values(int(kept.min()), int(kept.max()), config.decoder.vocab_size)
 
 
 __all__ = ["TFEncoderDecoderModel"]

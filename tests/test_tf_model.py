@@ -299,7 +299,7 @@ def test_bad_inputs_are_clear_errors(bert2gpt2):
     ids[0, 0] = 99
     with pytest.raises(InputError, match=r"input_ids holds token id 99.*vocab_size"):
         bert2gpt2(input_ids=ids, attention_mask=e["attention_mask"], labels=e["labels"])
-    with pytest.raises(InputError, match=r"labels have shape \(3, 6\), expected \(3, 7\)"):
+    with pytest.raises(InputError, match=r"labels has shape \(3, 6\), expected \(3, 7\)"):
         bert2gpt2(input_ids=e["input_ids"], decoder_input_ids=e["decoder_input_ids"], labels=e["labels"][:, :6])
     with pytest.raises(InputError, match="decoder_input_ids, decoder_inputs_embeds or labels"):
         bert2gpt2(input_ids=e["input_ids"])
