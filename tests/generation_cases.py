@@ -63,3 +63,23 @@ def case_arrays(case: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def case_config(case: dict) -> dict:
     """Generation settings of a case: eos 6, start 0, pad 0 unless the case says otherwise."""
     return {"eos_token_id": 6, "decoder_start_token_id": 0, "pad_token_id": 0, **case["settings"]}
+
+
+def assert_same_ids(out, run: dict, pad: int, what: str) -> None:
+    """Generated ids equal the reference run's; for beam search, equal up to each hypothesis' end, then our pad.
+
+    Transformers 4.57 fills a beam hypothesis that ended early with EOS instead of the pad id
+    when the pad id is 0 (it tests the id for truthiness); encdec pads (encdec_core.generation).
+    ``out`` is any backend's GenerateOutput (torch, TF or JAX arrays).
+    """
+    ours, ref = np.asarray(out.sequences).tolist(), run["sequences"]
+    if out.beam_indices is None:
+        assert ours == ref, what
+        return
+    beam_indices = np.asarray(out.beam_indices)
+    assert len(ours) == len(ref) and len(ours[0]) == len(ref[0]), what
+    prompt = len(ours[0]) - beam_indices.shape[1]
+    for row, theirs, n in zip(ours, ref, (beam_indices != -1).sum(1).tolist()):
+        assert row[: prompt + n] == theirs[: prompt + n], what
+        assert all(t == pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
+        assert len(set(theirs[prompt + n:])) <= 1, what

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from generation_cases import CASES, case_arrays, case_config
+from generation_cases import CASES, assert_same_ids, case_arrays, case_config
 
 import encdec_flax.generation as flax_generation
 from encdec_core.errors import ConfigError, GenerationError, InputError
@@ -52,25 +52,6 @@ def fresh(pair: str) -> FlaxEncoderDecoderModel:
 def batch(pair: str) -> tuple[np.ndarray, np.ndarray]:
     g = generations(pair)
     return np.asarray(g["input_ids"]), np.asarray(g["attention_mask"])
-
-
-def assert_same_ids(out, run: dict, pad: int, what: str) -> None:
-    """Equal ids; for beam search, equal up to each hypothesis' end, then our pad.
-
-    As in test_pt_generation (without its torch import): Transformers 4.57 fills a beam
-    hypothesis that ended early with EOS instead of the pad id when the pad id is 0;
-    encdec pads (encdec_core.generation).
-    """
-    ours, ref = np.asarray(out.sequences).tolist(), run["sequences"]
-    if out.beam_indices is None:
-        assert ours == ref, what
-        return
-    assert len(ours) == len(ref) and len(ours[0]) == len(ref[0]), what
-    prompt = len(ours[0]) - out.beam_indices.shape[1]
-    for row, theirs, n in zip(ours, ref, (np.asarray(out.beam_indices) != -1).sum(1).tolist()):
-        assert row[: prompt + n] == theirs[: prompt + n], what
-        assert all(t == pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
-        assert len(set(theirs[prompt + n:])) <= 1, what
 
 
 def run_kwargs(pair: str, run_name: str) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, PAIRS, generations
-from generation_cases import CASES, case_arrays, case_config
+from generation_cases import CASES, assert_same_ids, case_arrays, case_config
 from tolerances import ATOL, assert_close
 
 from encdec_core.errors import ConfigError, GenerationError, InputError
@@ -36,26 +36,6 @@ def run_kwargs(run: dict) -> dict:
     if "decoder_input_ids" in kw:
         kw["decoder_input_ids"] = torch.tensor(kw["decoder_input_ids"])
     return kw
-
-
-def assert_same_ids(out, run: dict, plan_pad: int, what: str) -> None:
-    """Equal ids; for beam search, equal up to each hypothesis' end, then our pad.
-
-    Transformers 4.57 fills a beam hypothesis that ended early with EOS instead of the pad id
-    when the pad id is 0 (it tests the id for truthiness); encdec pads (docs/generation.md).
-    """
-    ref = run["sequences"]
-    if out.beam_indices is None:
-        assert out.sequences.tolist() == ref, what
-        return
-    ours = out.sequences.tolist()
-    assert len(ours) == len(ref) and len(ours[0]) == len(ref[0]), what
-    lengths = (out.beam_indices != -1).sum(1).tolist()
-    prompt = len(ours[0]) - out.beam_indices.shape[1]
-    for row, theirs, n in zip(ours, ref, lengths):
-        assert row[: prompt + n] == theirs[: prompt + n], what
-        assert all(t == plan_pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
-        assert len(set(theirs[prompt + n:])) <= 1, what
 
 
 @pytest.mark.parametrize("run_name", RUNS)

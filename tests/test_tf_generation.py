@@ -23,7 +23,7 @@ from encdec_core.generation import GenerationConfig, resolve
 from encdec_tf import TFEncoderDecoderModel
 from encdec_tf.generation import build_processors, run_processors
 from tests.conftest import FIXTURES, PAIRS, generations
-from tests.generation_cases import CASES, case_arrays, case_config
+from tests.generation_cases import CASES, assert_same_ids, case_arrays, case_config
 from tests.tolerances import ATOL, assert_close
 
 ARCHITECTURES = ["bert2bert", "roberta2roberta", "bert2gpt2", "bert2gpt2_proj"]  # one pair per decoder kind
@@ -58,25 +58,6 @@ def generate_run(pair: str, name: str, **over):
 
 def traces(model) -> int:
     return model._compiled_generate.traces
-
-
-def assert_same_ids(out, run: dict, pad: int, what: str) -> None:
-    """Equal ids; for beam search, equal up to each hypothesis' end, then our pad.
-
-    Transformers 4.57 fills a beam hypothesis that ended early with EOS instead of the pad id
-    when the pad id is 0 (it tests the id for truthiness); encdec pads (as encdec_pt).
-    """
-    ours, ref = out.sequences.numpy().tolist(), run["sequences"]
-    if out.beam_indices is None:
-        assert ours == ref, what
-        return
-    assert len(ours) == len(ref) and len(ours[0]) == len(ref[0]), what
-    lengths = (out.beam_indices.numpy() != -1).sum(1).tolist()
-    prompt = len(ours[0]) - out.beam_indices.shape[1]
-    for row, theirs, n in zip(ours, ref, lengths):
-        assert row[: prompt + n] == theirs[: prompt + n], what
-        assert all(t == pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
-        assert len(set(theirs[prompt + n:])) <= 1, what
 
 
 # ------------------------------------------------------------------------------- reference ids
