@@ -87,3 +87,80 @@ def test_generation_longer_than_the_decoder_positions(backend):
 def test_pt_refuses_numpy_ids_by_name():
     with pytest.raises(InputError, match="input_ids expected a torch.Tensor"):
         model("pt").generate(ids(1, 4))
+
+
+# ------------------------------------------------------------------------------- bad files, every backend
+def _cls(backend: str):
+    if backend == "pt":
+        from encdec_pt import EncoderDecoderModel as cls
+    elif backend == "tf":
+        from encdec_tf import TFEncoderDecoderModel as cls
+    else:
+        from encdec_flax import FlaxEncoderDecoderModel as cls
+    return cls
+
+
+def _copy_fixture(tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "bert2gpt2" / "pt", folder)
+    return folder
+
+
+def _truncate(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def _bad_header(folder):
+    path = folder / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[:8] = (10**12).to_bytes(8, "little")  # header length far past the end of the file
+    path.write_bytes(bytes(raw))
+
+
+def _no_weights(folder):
+    (folder / "model.safetensors").unlink()
+
+
+def _wrong_shape(folder):
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(folder / "model.safetensors")
+    arrays["decoder.transformer.wte.weight"] = arrays["decoder.transformer.wte.weight"][:50]
+    save_file(arrays, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _bad_json(folder):
+    (folder / "config.json").write_text('{"model_type": "encoder-decoder", ')
+
+
+def _unknown_type(folder):
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["encoder"]["model_type"] = "t5"
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+FILE_CASES = [
+    (_truncate, "CheckpointError", "model.safetensors"),
+    (_bad_header, "CheckpointError", "model.safetensors"),
+    (_no_weights, "CheckpointError", "no .*weights"),
+    (_wrong_shape, "ShapeMismatchError|CheckpointError", "decoder.transformer.wte.weight"),
+    (_bad_json, "ConfigError", "config.json"),
+    (_unknown_type, "ConfigError", "t5"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("damage,error,match", FILE_CASES, ids=[c[0].__name__.strip("_") for c in FILE_CASES])
+def test_damaged_checkpoint_gives_the_same_error_in_every_backend(backend, damage, error, match, tmp_path):
+    from encdec_core import errors
+
+    folder = _copy_fixture(tmp_path)
+    damage(folder)
+    kinds = tuple(getattr(errors, name) for name in error.split("|"))
+    with pytest.raises(kinds, match=match):
+        _cls(backend).from_pretrained(folder)
