@@ -210,9 +210,11 @@ class EncoderDecoderModel(GenerationMixin, PreTrainedModel):
 
         ``encoder_*`` / ``decoder_*`` keyword arguments go to the two loads (config fields such
         as ``decoder_add_cross_attention`` or hub options such as ``encoder_revision``);
-        ``encoder_model=`` / ``decoder_model=`` pass ready models. The decoder is made causal
-        with cross-attention; its cross-attention weights (and ``enc_to_dec_proj`` when widths
-        differ) are new and listed as expected in ``model.loading_report``.
+        ``encoder_model=`` / ``decoder_model=`` pass ready models; arguments without a prefix
+        are fields of the :class:`EncoderDecoderConfig` (``tie_encoder_decoder=True``,
+        ``decoder_start_token_id=``). The decoder is made causal with cross-attention; its
+        cross-attention weights (and ``enc_to_dec_proj`` when widths differ) are new and
+        listed as expected in ``model.loading_report``.
         """
         # the wrapper's own special tokens: taken first, so "decoder_start_token_id" is not
         # mistaken for a decoder config field "start_token_id"
