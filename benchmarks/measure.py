@@ -19,6 +19,7 @@ beams; ``L, H, I`` layers, width, feed-forward width; ``V`` decoder vocabulary):
     train_step:  F = 3 F_forward;  bytes = 3 forward bytes + 28 N   every step reads the decoder)
                  (AdamW reads param, grad, m, v and writes param, m, v: 7 x 4 bytes per parameter N)
     load:        F = 0;            bytes = 2 x checkpoint bytes (one copy of the weights)
+    convert:     F = 0;            bytes = 2 x checkpoint bytes (read once, written once; run.convert_rows)
 
     floor = max(F / GEMM FLOP/s, bytes / copy bandwidth)
 

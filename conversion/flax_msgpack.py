@@ -105,6 +105,42 @@ def read_flax_msgpack(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return flat
 
 
+# flax.serialization's encoding of an array leaf: msgpack ExtType 1 holding packb((shape, dtype name, C bytes));
+# arrays over 1 GiB (its MAX_CHUNK_SIZE) are split into chunks, which only flax itself writes here.
+_NDARRAY_EXT = 1
+_MAX_CHUNK_SIZE = 2**30
+
+
+def _stream_tree(f: Any, packer: Any, tree: Mapping[str, Any]) -> None:
+    """Write a nested dict of arrays as ``flax.serialization.msgpack_serialize`` would, one array at a time."""
+    import msgpack
+
+    f.write(packer.pack_map_header(len(tree)))
+    for key, value in tree.items():
+        f.write(packer.pack(key))
+        if isinstance(value, Mapping):
+            _stream_tree(f, packer, value)
+        else:
+            payload = msgpack.packb((value.shape, value.dtype.name, value.tobytes("C")), use_bin_type=True)
+            f.write(packer.pack(msgpack.ExtType(_NDARRAY_EXT, payload)))
+
+
+def _write_file(path: Path, tree: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Stream the file (peak memory: one array) unless an array needs flax's chunked form."""
+    if any(a.nbytes > _MAX_CHUNK_SIZE for a in arrays.values()):
+        from flax import serialization
+
+        data = serialization.msgpack_serialize(tree)
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(data)
+        return
+    import msgpack
+
+    packer = msgpack.Packer(use_bin_type=True, strict_types=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        _stream_tree(f, packer, tree)
+
+
 def write_flax_msgpack(
     arrays: Mapping[str, np.ndarray], folder: str | os.PathLike[str], max_shard_size: int | str | None = None
 ) -> list[Path]:
@@ -112,10 +148,9 @@ def write_flax_msgpack(
 
     ``arrays`` is flat ("/"-joined paths); paths are taken in sorted order (the order of the
     trees Transformers writes) and split greedily by ``max_shard_size``; each file holds the
-    nested tree of its paths and is written atomically. Returns the paths written.
+    nested tree of its paths, byte for byte what ``flax.serialization.msgpack_serialize``
+    gives, streamed one array at a time, and is written atomically. Returns the paths written.
     """
-    from flax import serialization
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in sorted(arrays.items())}  # shards split in sorted path order, as HF
@@ -123,9 +158,8 @@ def write_flax_msgpack(
     plan = plan_shards(sizes, max_shard_size, "flax_model{suffix}.msgpack")
     written = []
     for fname, keys in plan.items():
-        data = serialization.msgpack_serialize(_sorted_tree(unflatten_tree({k: arrays[k] for k in keys})))
-        with atomic_output(folder / fname) as tmp:
-            tmp.write_bytes(data)
+        part = {k: arrays[k] for k in keys}
+        _write_file(folder / fname, _sorted_tree(unflatten_tree(part)), part)
         written.append(folder / fname)
     if len(plan) > 1:
         write_index(folder / FLAX_WEIGHTS_INDEX_NAME, plan, sizes, {k: v.size for k, v in arrays.items()})

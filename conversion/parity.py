@@ -34,7 +34,7 @@ import numpy as np
 
 from conversion import runners
 from conversion.formats import detect
-from encdec_core.errors import InputError
+from encdec_core.errors import EncdecError, InputError
 
 logger = logging.getLogger("encdec")
 
@@ -149,15 +149,20 @@ def compare_outputs(reference: Mapping[str, np.ndarray], other: Mapping[str, np.
 
 
 def _outcome(ref: np.ndarray | str, other: np.ndarray | str) -> str:
-    """``equal`` / ``different`` for two id arrays; otherwise why the comparison could not be made."""
-    if isinstance(ref, str) or isinstance(other, str):
-        texts = [x for x in (ref, other) if isinstance(x, str)]
-        if any(t.startswith("unavailable") for t in texts):
-            return next(t for t in texts if t.startswith("unavailable"))
-        if isinstance(ref, str) and isinstance(other, str) and ref.split(":")[0] == other.split(":")[0]:
-            return f"unavailable: every framework refuses: {ref}"  # the checkpoint cannot generate (e.g. no start id)
-        return f"error: {texts[0]}"
-    return "equal" if ref.shape == other.shape and np.array_equal(ref, other) else "different"
+    """``equal`` / ``different`` for two id arrays; otherwise why the comparison could not be made.
+
+    A generation both frameworks refuse with the same encdec error (e.g. no start token in
+    the config) is the checkpoint's limit, reported "unavailable"; any other failure is an error.
+    """
+    if not isinstance(ref, str) and not isinstance(other, str):
+        return "equal" if ref.shape == other.shape and np.array_equal(ref, other) else "different"
+    texts = [x for x in (ref, other) if isinstance(x, str)]
+    if gone := next((t for t in texts if t.startswith("unavailable")), None):
+        return gone
+    if isinstance(ref, str) and isinstance(other, str) and ref.startswith("refused") and \
+            ref.split(":")[:2] == other.split(":")[:2]:
+        return f"unavailable: every framework refuses: {ref.removeprefix('refused: ')}"
+    return f"error: {texts[0].removeprefix('refused: ')}"
 
 
 def _generate_all(framework: str, model, batch, max_new_tokens: int) -> dict[str, np.ndarray | str]:
@@ -167,7 +172,9 @@ def _generate_all(framework: str, model, batch, max_new_tokens: int) -> dict[str
             out[mode] = runners.generate(framework, model, batch, num_beams=beams, max_new_tokens=max_new_tokens)
         except NotImplementedError as e:
             out[mode] = f"unavailable: {e}"
-        except Exception as e:  # compared below: the same refusal everywhere is the checkpoint's, not a backend's
+        except EncdecError as e:  # a refusal with our own error: compared with the other frameworks' (_outcome)
+            out[mode] = f"refused: {type(e).__name__}: {e}"
+        except Exception as e:  # a backend failing to generate fails the report, it does not stop it
             out[mode] = f"{type(e).__name__}: {e}"
     return out
 

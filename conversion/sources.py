@@ -12,7 +12,9 @@ Frameworks and h5py are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,9 @@ class SafetensorsSource:
 
     def __init__(self, folder: Path, single: Path | None, index_path: Path | None):
         self.source = folder
-        self._readers: dict[Path, CheckpointReader] = {}
+        self._readers: dict[Path, CheckpointReader] = {}  # validate the files, list keys, shapes, dtypes
         self._where: dict[str, CheckpointReader] = {}
+        self._maps: dict[Path, tuple[np.memmap, int, dict[str, Any]]] = {}
         try:
             if single is not None:
                 self._add(CheckpointReader(single))
@@ -120,13 +123,23 @@ class SafetensorsSource:
     def dtype(self, key: str) -> str:
         return self._where[key].dtype(key)
 
+    def _mapped(self, path: Path) -> tuple[np.memmap, int, dict[str, Any]]:
+        """The file mapped read-only, where its data starts, and its header (parsed once per file)."""
+        if path not in self._maps:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            self._maps[path] = (np.memmap(path, dtype=np.uint8, mode="r"), 8 + n, header)
+        return self._maps[path]
+
     def get(self, key: str) -> np.ndarray:
+        """A read-only view into the memory-mapped file: no copy (bf16 / fp8 through ml_dtypes)."""
         reader = self._where[key]
-        code = reader.dtype(key)
-        if code in ("F32", "F16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"):
-            return reader.get(key)
-        raw = reader.get_raw(key)  # bf16 / fp8: numpy's safetensors reader refuses them
-        return np.frombuffer(raw.data, dtype=numpy_dtype(code)).reshape(raw.shape)
+        data, start, header = self._mapped(Path(reader.source))
+        info = header[key]
+        begin, end = info["data_offsets"]
+        dtype = numpy_dtype(info["dtype"]).newbyteorder("<")  # safetensors is little-endian
+        return data[start + begin:start + end].view(dtype).reshape(info["shape"])
 
     def get_tensor(self, key: str, framework: str) -> Any:
         """The tensor in ``framework`` ("pt", "tf", "flax"), memory-mapped where safetensors can."""
@@ -135,6 +148,7 @@ class SafetensorsSource:
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
+        self._maps.clear()  # arrays handed out keep their mapping alive
 
 
 class BinSource:
@@ -316,8 +330,6 @@ class Source:
 
 def h5_scope(folder: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """(model scope, keras_version) recorded in a ``tf_model.h5`` (or its shard index), to write them back alike."""
-    import json
-
     import h5py
 
     from conversion.tf_h5 import TF_WEIGHTS_INDEX_NAME, TF_WEIGHTS_NAME, read_names

@@ -32,6 +32,8 @@ from encdec_core.checkpoint import save_safetensors
 from encdec_core.errors import InputError
 from encdec_core.tables import apply_op
 
+_H5_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
 
 def default_scope(architectures: list[str] | None) -> str:
     """The Keras model name Transformers' TF class would have: ``tf_encoder_decoder_model`` (Keras' snake case)."""
@@ -99,6 +101,10 @@ def write_weights(
         return save_safetensors(out, folder, max_shard_size=max_shard_size, metadata={"format": fmt})
     if fmt == "h5":
         from conversion.tf_h5 import write_tf_h5
+
+        if odd := sorted({a.dtype.name for a in out.values() if a.dtype.name not in _H5_DTYPES}):
+            raise InputError(f"tf_model.h5 (Keras' HDF5 weights) cannot hold {', '.join(odd)} tensors; write the "
+                             "tf, flax, msgpack or pt format instead (safetensors and msgpack keep bfloat16)")
 
         return write_tf_h5(out, folder, scope=scope or default_scope(architectures),
                            keras_version=keras_version or _keras_version(), max_shard_size=max_shard_size)

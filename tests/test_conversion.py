@@ -188,6 +188,8 @@ def test_bf16_survives_every_safetensors_and_msgpack_round_trip(tmp_path):
             assert {s.dtype(k) for k in s.keys()} == {"BF16"}, to
         back = convert(out, tmp_path / f"{to}-back", to="pt")
         assert (back / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes(), to
+    with pytest.raises(InputError, match="tf_model.h5.*cannot hold bfloat16"):  # HDF5 would store opaque bytes
+        convert(src, tmp_path / "h5", to="h5")
 
 
 def test_one_error_lists_every_key_not_consumed_and_every_weight_not_filled(tmp_path):
@@ -272,3 +274,18 @@ def test_shard_index_written_for_tf_safetensors_is_valid(tmp_path):
     out = convert(FIXTURES / "bert2gpt2" / "pt", tmp_path / "tf", to="tf", max_shard_size="40KB")
     index = read_index(out / "model.safetensors.index.json")
     assert all(k.endswith(":0") for k in index.weight_map)
+
+
+def test_streamed_msgpack_is_flax_serialization_byte_for_byte(tmp_path):
+    """write_flax_msgpack streams one array at a time; the bytes are flax.serialization.msgpack_serialize's."""
+    from flax import serialization
+
+    from conversion.flax_msgpack import unflatten_tree, write_flax_msgpack
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    flat = read_flax_msgpack(FIXTURES / "bert2gpt2" / "flax")
+    flat.update({"x/bf16": np.ones((3, 2), ml_dtypes.bfloat16), "x/int": np.arange(5), "x/scalar": np.asarray(3.0),
+                 "x/transposed": np.arange(6, dtype=np.float32).reshape(2, 3).T})
+    write_flax_msgpack(flat, tmp_path)
+    tree = unflatten_tree(dict(sorted(flat.items())))
+    assert (tmp_path / "flax_model.msgpack").read_bytes() == serialization.msgpack_serialize(tree)

@@ -112,3 +112,16 @@ def test_report_names_the_first_layer_over_the_tolerance():
     assert "first over tolerance: decoder.cross_attentions[0]" in table and "beam3 different" in table
     ok = Comparison("tf", "pt", [Diff("logits", 0.0, 0.0, True)], None, {"greedy": "unavailable: no generate()"})
     assert ok.passed  # a backend without generate() yet is reported, not failed
+
+
+def test_generation_outcomes():
+    """Same ids: equal; a refusal every framework shares (the checkpoint's limit): unavailable; else an error."""
+    from conversion.parity import _outcome
+
+    ids = np.array([[2, 5, 6]])
+    assert _outcome(ids, ids.copy()) == "equal" and _outcome(ids, ids[:, :2]) == "different"
+    refused = "refused: GenerationError: no decoder_start_token_id"
+    assert _outcome(refused, refused).startswith("unavailable: every framework refuses: GenerationError")
+    assert _outcome(ids, refused) == "error: GenerationError: no decoder_start_token_id"
+    assert _outcome("TypeError: bad", "TypeError: bad") == "error: TypeError: bad"
+    assert _outcome(ids, "unavailable: X has no generate()") == "unavailable: X has no generate()"
