@@ -298,6 +298,20 @@ CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
 }
 
 
+def with_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    """A copy of ``config`` with fields set from keyword arguments (``is_decoder=True``), validated again."""
+    if not overrides:
+        return config
+    config = config.copy()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    try:
+        config.__post_init__()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
+    return config
+
+
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> PretrainedConfig:
     """Pick the config class by ``model_type`` and build it."""
     if not isinstance(data, dict):

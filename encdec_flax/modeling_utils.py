@@ -32,7 +32,7 @@ from conversion.formats import open_source
 from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
 from encdec_core import outputs
-from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.configs import PretrainedConfig, load_config, with_overrides
 from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
@@ -123,20 +123,6 @@ def init_param(path: str, shape: tuple[int, ...], rng: np.random.Generator, std:
 def canonical_shape(shape: tuple[int, ...], op: str) -> tuple[int, ...]:
     """The PT-layout shape of a Flax array of ``shape``, by the table op (on a zero-stride view, no data)."""
     return tuple(apply_op(op, np.broadcast_to(np.zeros((), np.int8), shape), inverse=True).shape)
-
-
-def with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
-    """A copy of ``config`` with fields set from keyword arguments, validated again."""
-    if not overrides:
-        return config
-    config = config.copy()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    try:
-        config.__post_init__()
-    except ConfigError as e:
-        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
-    return config
 
 
 class FlaxPreTrainedModel:

@@ -19,7 +19,7 @@ from torch import nn
 
 from conversion.formats import open_source
 from encdec_core import checkpoint as ckpt_io
-from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.configs import PretrainedConfig, load_config, with_overrides
 from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
@@ -149,7 +149,7 @@ class PreTrainedModel(nn.Module):
         folder = resolve_checkpoint(name_or_path, **hub)
         if config is None:
             config = load_config(folder)
-        config = _with_overrides(config, kwargs)
+        config = with_overrides(config, kwargs)
         if not isinstance(config, cls.config_class):
             raise ConfigError(
                 f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
@@ -241,19 +241,6 @@ def skip_init():
 def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     path, _, leaf = name.rpartition(".")
     return (root.get_submodule(path) if path else root), leaf
-
-
-def _with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
-    if not overrides:
-        return config
-    config = config.copy()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    try:
-        config.__post_init__()
-    except ConfigError as e:
-        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
-    return config
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import tensorflow as tf
 from conversion.formats import open_source
 from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
-from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.configs import PretrainedConfig, load_config, with_overrides
 from encdec_core.errors import ConfigError, InputError
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
@@ -291,20 +291,6 @@ def _labels_into_inputs(data, compiled_loss):
     if compiled_loss is None and y is not None and isinstance(x, Mapping) and "labels" not in x:
         return keras.utils.pack_x_y_sample_weight({**x, "labels": y}, None, sample_weight)
     return data
-
-
-def with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
-    """A copy of ``config`` with fields set from keyword arguments (``is_decoder=True``)."""
-    if not overrides:
-        return config
-    config = config.copy()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    try:
-        config.__post_init__()
-    except ConfigError as e:
-        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
-    return config
 
 
 # ---------------------------------------------------------------------------------- reading
