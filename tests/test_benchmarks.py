@@ -69,3 +69,24 @@ def test_tiny_convert_task_of_ours(tmp_path):
         assert row["ours"]["median_s"] > 0 and row["ours"]["out_bytes"] > row["weights_bytes"] * 0.5
         assert row["theirs"] is None and row["flops"] == 0 and row["floor_s"] > 0
     assert "| tf | convert to h5 | bert2bert |" in bench.table(result)
+
+
+def test_compiled_rows_join_two_processes():
+    """benchmarks.compiled (TF/Flax rows): each side's probe JSON becomes the harness' table cells, no subprocess."""
+    from benchmarks import compiled
+
+    assert compiled.side_env("tf", "theirs")["TF_USE_LEGACY_KERAS"] == "1"  # Transformers' TF needs tf-keras
+    assert "TF_USE_LEGACY_KERAS" not in compiled.side_env("tf", "ours")  # ours needs Keras 3
+    assert compiled.side_env("tf", "theirs")["USE_TORCH"] != "1"  # USE_TORCH=1 + USE_TF=1 disables both
+    sub = {"first_s": 2.5, "times_s": [0.4, 0.6], "median_s": 0.5, "compile_s": 2.0, "out_shape": [4, 33]}
+    ours = {"errors": {}, "load_s": 0.25, "load_peak_bytes": 1 << 20, "n_params": 10, "xla": sub, "plain": sub}
+    theirs = {"errors": {"xla": "ValueError: boom"}, "load_s": 1.0, "load_peak_bytes": None, "plain": sub}
+    assert compiled._cell(ours, "greedy")["median_s"] == 0.5 and compiled._cell(ours, "compile")["median_s"] == 2.0
+    assert compiled._cell(ours, "load")["median_s"] == 0.25
+    assert compiled._cell(theirs, "greedy")["error"] == "ValueError: boom"
+    assert compiled._cell(theirs, "plain generate")["median_s"] == 0.5
+    failed = {"errors": {"load": "ImportError: x"}}
+    assert compiled._cell(failed, "plain generate")["error"] == "ImportError: x" and compiled._cell(None, "load") is None
+    row = {"framework": "tf", "pair": "bert2gpt2", "task": "compile", "floor_s": None, "weights_bytes": None,
+           "ours": compiled._cell(ours, "compile"), "theirs": compiled._cell(ours, "compile")}
+    assert bench.table({"rows": [row]}).splitlines()[2] == "| tf | compile | bert2gpt2 | 2000 | 2000 | 1.00 |  |  |  |  |"
