@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= torch,tf,flax,test
+EXTRAS ?= torch,tf,flax,test,plot,docs
 
-.PHONY: setup demo test lint fixtures clean
+.PHONY: setup demo test docs lint fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	$(PY) -m mkdocs build --strict --quiet
+
+# The documentation site (mkdocs.yml): built into site/; `$(PY) -m mkdocs serve` to browse it.
+docs: setup
+	$(PY) -m mkdocs build --strict
 
 lint: setup
 	$(PY) -m ruff check .
@@ -30,4 +35,4 @@ fixtures:
 	$(REF_PYTHON) tests/fixtures/make_fixtures.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache site
