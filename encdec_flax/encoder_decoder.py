@@ -35,6 +35,7 @@ change, so one compiled step serves a whole ``lax.while_loop``; reordering beams
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -334,6 +335,11 @@ class FlaxEncoderDecoderModel(GenerationMixin, FlaxPreTrainedModel):
         listed as expected in ``model.loading_report``.
         """
         top = {k: kwargs.pop(k) for k in WRAPPER_TOKENS if k in kwargs}
+        # as in HF, arguments without a prefix are fields of the EncoderDecoderConfig (tie_encoder_decoder=True)
+        top.update({k: kwargs.pop(k) for k in list(kwargs) if not k.startswith(("encoder_", "decoder_"))})
+        if unknown := sorted(set(top) - {f.name for f in dataclasses.fields(EncoderDecoderConfig)}):
+            raise InputError(f"from_encoder_decoder_pretrained: unknown argument(s) {unknown}; prefix encoder_/decoder_ "
+                             "to pass them to one part, or use fields of EncoderDecoderConfig")
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", "encoder_")
         parts, reports = {}, []
         for side, path, kw in (("encoder", encoder_pretrained_model_name_or_path, enc_kw),

@@ -17,6 +17,7 @@ Generation (built on top by the decoding loop) uses the cached step::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -298,6 +299,11 @@ class TFEncoderDecoderModel(GenerationMixin, PreTrainedModel):
         (cross-attention, ``enc_to_dec_proj``) are listed as expected in ``model.loading_report``.
         """
         top = {k: kwargs.pop(k) for k in WRAPPER_TOKENS if k in kwargs}
+        # as in HF, arguments without a prefix are fields of the EncoderDecoderConfig (tie_encoder_decoder=True)
+        top.update({k: kwargs.pop(k) for k in list(kwargs) if not k.startswith(("encoder_", "decoder_"))})
+        if unknown := sorted(set(top) - {f.name for f in dataclasses.fields(EncoderDecoderConfig)}):
+            raise InputError(f"from_encoder_decoder_pretrained: unknown argument(s) {unknown}; prefix encoder_/decoder_ "
+                             "to pass them to one part, or use fields of EncoderDecoderConfig")
         enc_kw, dec_kw = split_prefixed_kwargs(kwargs, "decoder_", "encoder_")
         reports = []
         parts = {}
