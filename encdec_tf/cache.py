@@ -78,7 +78,8 @@ class DecoderCache(NamedTuple):
         """Zero self-attention buffers for each (self, cross) attention pair; cross keys/values computed now."""
         layers = []
         for self_attn, cross_attn in attention_layers:
-            empty = tf.zeros((batch_size, self_attn.n_heads, max_length, self_attn.head_dim))  # (B,H,L,K)
+            # (B,H,L,K) in the layer's compute dtype: bf16 under a mixed_bfloat16 policy, as the keys it will hold
+            empty = tf.zeros((batch_size, self_attn.n_heads, max_length, self_attn.head_dim), self_attn.compute_dtype)
             entry = (empty, empty)
             if cross_attn is not None and encoder_hidden_states is not None:
                 entry += cross_attn.project_kv(tf.convert_to_tensor(encoder_hidden_states))  # (B,H,S,K) x 2

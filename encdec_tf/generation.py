@@ -117,7 +117,7 @@ def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_com
 
         def step(ids, cache):
             logits, cache = model.decode_step(ids, cache, dec_mask)
-            return logits[:, -1], cache  # (N, V)
+            return tf.cast(logits[:, -1], tf.float32), cache  # (N, V); float32 under a mixed policy too, as PT's
 
         run = beam_search if nb > 1 else greedy_or_sample
         return run(step, cache, prompt, plan, processors, knobs, want_scores, vocab)
