@@ -54,6 +54,20 @@ CASES = [
 ]
 
 
+# generate() settings every backend refuses, with a word the error must contain
+BAD_SETTINGS = [
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(num_return_sequences=2), "num_return_sequences"),
+    (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(max_new_tokenz=3), "max_new_tokenz"),
+    (dict(eos_token_id=500), "eos_token_id=500"),
+    (dict(bad_words_ids=[[]]), "bad_words_ids"),
+    (dict(max_length=1), "max_length"),
+]
+
+
 def case_arrays(case: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids (2, T) int64, scores (2, 7) float32, expected (2, 7) float32)."""
     ids = np.array(case["ids"], dtype=np.int64)

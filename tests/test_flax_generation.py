@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from generation_cases import CASES, assert_same_ids, case_arrays, case_config
+from generation_cases import BAD_SETTINGS, CASES, assert_same_ids, case_arrays, case_config
 
 import encdec_flax.generation as flax_generation
 from encdec_core.errors import ConfigError, GenerationError, InputError
@@ -230,17 +230,7 @@ def test_missing_start_token_is_a_clear_error():
         model.generate(*batch("bert2bert"))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
-    (dict(num_return_sequences=2), "num_return_sequences"),
-    (dict(early_stopping="sometimes"), "early_stopping"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(max_new_tokenz=3), "max_new_tokenz"),
-    (dict(eos_token_id=500), "eos_token_id=500"),
-    (dict(bad_words_ids=[[]]), "bad_words_ids"),
-    (dict(max_length=1), "max_length"),
-])
+@pytest.mark.parametrize("kwargs,match", BAD_SETTINGS)
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(GenerationError, match=match):
         model_for("bert2bert").generate(*batch("bert2bert"), **kwargs)

@@ -23,7 +23,7 @@ from encdec_core.generation import GenerationConfig, resolve
 from encdec_tf import TFEncoderDecoderModel
 from encdec_tf.generation import build_processors, run_processors
 from tests.conftest import FIXTURES, PAIRS, generations
-from tests.generation_cases import CASES, assert_same_ids, case_arrays, case_config
+from tests.generation_cases import BAD_SETTINGS, CASES, assert_same_ids, case_arrays, case_config
 from tests.tolerances import ATOL, assert_close
 
 ARCHITECTURES = ["bert2bert", "roberta2roberta", "bert2gpt2", "bert2gpt2_proj"]  # one pair per decoder kind
@@ -243,17 +243,7 @@ def test_missing_start_token_is_a_clear_error():
         model.generate(*batch("bert2bert"))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
-    (dict(num_return_sequences=2), "num_return_sequences"),
-    (dict(early_stopping="sometimes"), "early_stopping"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(max_new_tokenz=3), "max_new_tokenz"),
-    (dict(eos_token_id=500), "eos_token_id=500"),
-    (dict(bad_words_ids=[[]]), "bad_words_ids"),
-    (dict(max_length=1), "max_length"),
-])
+@pytest.mark.parametrize("kwargs,match", BAD_SETTINGS)
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(GenerationError, match=match):
         model_for("bert2bert").generate(*batch("bert2bert"), **kwargs)
