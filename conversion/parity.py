@@ -157,8 +157,6 @@ def _outcome(ref: np.ndarray | str, other: np.ndarray | str) -> str:
     if not isinstance(ref, str) and not isinstance(other, str):
         return "equal" if ref.shape == other.shape and np.array_equal(ref, other) else "different"
     texts = [x for x in (ref, other) if isinstance(x, str)]
-    if gone := next((t for t in texts if t.startswith("unavailable")), None):
-        return gone
     if isinstance(ref, str) and isinstance(other, str) and ref.startswith("refused") and \
             ref.split(":")[:2] == other.split(":")[:2]:
         return f"unavailable: every framework refuses: {ref.removeprefix('refused: ')}"
@@ -170,8 +168,6 @@ def _generate_all(framework: str, model, batch, max_new_tokens: int) -> dict[str
     for mode, beams in GENERATION_MODES.items():
         try:
             out[mode] = runners.generate(framework, model, batch, num_beams=beams, max_new_tokens=max_new_tokens)
-        except NotImplementedError as e:
-            out[mode] = f"unavailable: {e}"
         except EncdecError as e:  # a refusal with our own error: compared with the other frameworks' (_outcome)
             out[mode] = f"refused: {type(e).__name__}: {e}"
         except Exception as e:  # a backend failing to generate fails the report, it does not stop it
@@ -189,8 +185,8 @@ def check_parity(path: str | os.PathLike[str], frameworks: Sequence[str] = runne
     labels); ``tolerance`` to :data:`PARITY_ATOL`; ``reference`` to "pt" when it is among
     the frameworks. ``plot="file.png"`` draws the per-layer max abs differences (needs
     matplotlib: ``pip install 'encdec[plot]'``). A framework that cannot load or run is
-    reported in ``errors`` (and the report fails); a backend without ``generate`` reports
-    its generation as "unavailable".
+    reported in ``errors`` (and the report fails); a generation that every framework refuses
+    with the same encdec error (e.g. no start token in the config) is reported "unavailable".
     """
     frameworks = list(dict.fromkeys(frameworks))
     if bad := [f for f in frameworks if f not in runners.FRAMEWORKS]:
