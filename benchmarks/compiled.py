@@ -43,17 +43,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = {("tf", "ours"): ("encdec_tf", "TFEncoderDecoderModel"),
-           ("tf", "theirs"): ("transformers", "TFEncoderDecoderModel"),
-           ("flax", "ours"): ("encdec_flax", "FlaxEncoderDecoderModel"),
-           ("flax", "theirs"): ("transformers", "FlaxEncoderDecoderModel")}
+CLASSES = {
+    ("tf", "ours"): ("encdec_tf", "TFEncoderDecoderModel"),
+    ("tf", "theirs"): ("transformers", "TFEncoderDecoderModel"),
+    ("flax", "ours"): ("encdec_flax", "FlaxEncoderDecoderModel"),
+    ("flax", "theirs"): ("transformers", "FlaxEncoderDecoderModel"),
+}
 
 
 def side_env(fw: str, side: str) -> dict:
     """Environment of one probe: tf-keras for Transformers' TF classes, Keras 3 (the default) for ours."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               TF_CPP_MIN_LOG_LEVEL="2", USE_TORCH="AUTO", USE_TF="AUTO" if fw == "tf" else "0",
-               USE_FLAX="1" if fw == "flax" else "0")  # USE_TORCH=1 with USE_TF=1 disables both in Transformers
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        USE_TORCH="AUTO",
+        USE_TF="AUTO" if fw == "tf" else "0",
+        USE_FLAX="1" if fw == "flax" else "0",
+    )  # USE_TORCH=1 with USE_TF=1 disables both in Transformers
     env.pop("TF_USE_LEGACY_KERAS", None)
     if fw == "tf" and side == "theirs":
         env["TF_USE_LEGACY_KERAS"] = "1"
@@ -107,8 +114,11 @@ def probe(fw: str, side: str, enc: str, dec: str, repeat: int, plain: bool) -> d
     work = Workload()
     for obj in (model.config, getattr(model, "generation_config", None)):
         if obj is not None:
-            obj.decoder_start_token_id, obj.pad_token_id, obj.eos_token_id = \
-                work.decoder_start_token_id, work.pad_token_id, None
+            obj.decoder_start_token_id, obj.pad_token_id, obj.eos_token_id = (
+                work.decoder_start_token_id,
+                work.pad_token_id,
+                None,
+            )
     arrays = work.arrays(read_config(Path(enc))["vocab_size"], read_config(Path(dec))["vocab_size"])
     ids, mask = arrays["input_ids"].astype(np.int32), arrays["attention_mask"].astype(np.int32)
     kw = dict(max_new_tokens=work.new_tokens, eos_token_id=None, num_beams=1, do_sample=False)
@@ -117,8 +127,10 @@ def probe(fw: str, side: str, enc: str, dec: str, repeat: int, plain: bool) -> d
 
         ids_t, mask_t = tf.constant(ids), tf.constant(mask)
         if side == "ours":
+
             def xla():
                 return model.generate(ids_t, attention_mask=mask_t, **kw).numpy()
+
             eager = xla  # our generate compiles itself: a plain call is the XLA call
         else:
             xla_gen = tf.function(model.generate, jit_compile=True)
@@ -136,6 +148,7 @@ def probe(fw: str, side: str, enc: str, dec: str, repeat: int, plain: bool) -> d
         def call():
             out = model.generate(ids, attention_mask=mask, **kw)
             return np.asarray(getattr(out, "sequences", out))
+
         xla = eager = call  # ours: one jax.jit inside generate
         if side == "theirs":  # Transformers' Flax greedy search does jnp.array(eos_token_id): None fails on jax 0.10
             try:
@@ -148,6 +161,7 @@ def probe(fw: str, side: str, enc: str, dec: str, repeat: int, plain: bool) -> d
 
             def xla():  # Transformers' Flax generate is not jitted as a whole: wrapped as its docs show
                 return np.asarray(jit_gen(ids, mask))
+
     for task, fn in (("xla", xla), ("plain", eager if plain else None)):
         if fn is None:
             continue
@@ -192,8 +206,14 @@ def _cell(res: dict | None, task: str, key: str = "median_s") -> dict | None:
     sub = res.get("plain" if task == "plain generate" else "xla")
     if not sub:
         return None
-    return {"error": None, "median_s": sub["compile_s" if task == "compile" else key], "peak_bytes": None,
-            "first_s": sub["first_s"], "times_s": sub["times_s"], "out_shape": sub["out_shape"]}
+    return {
+        "error": None,
+        "median_s": sub["compile_s" if task == "compile" else key],
+        "peak_bytes": None,
+        "first_s": sub["first_s"],
+        "times_s": sub["times_s"],
+        "out_shape": sub["out_shape"],
+    }
 
 
 def main(argv=None) -> dict:
@@ -205,7 +225,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3, help="steady calls after the first (compiling) call")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--cache", type=Path, default=None, help="checkpoint cache (benchmarks/.cache/)")
-    p.add_argument("--no-plain", action="store_true", help="skip the plain generate call (eager TF / un-jitted Flax for theirs)")
+    p.add_argument(
+        "--no-plain", action="store_true", help="skip the plain generate call (eager TF / un-jitted Flax for theirs)"
+    )
     p.add_argument("--python", default=sys.executable, help="interpreter of the probes")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--md", type=Path)
@@ -238,23 +260,46 @@ def main(argv=None) -> dict:
             ckpt = ck.weights_bytes(enc) + ck.weights_bytes(dec)
             tasks = ["greedy", "compile", "load"] + (["plain generate"] if not args.no_plain else [])
             for task in tasks:
-                cost = (task_cost("greedy" if task != "load" else "load", ck.read_config(enc), ck.read_config(dec),
-                                  work, ckpt_bytes=ckpt) if task != "compile" else None)
-                rows.append({"framework": fw, "pair": pair, "task": {"greedy": "xla greedy" if fw == "tf" else
-                                                                     "jit greedy"}.get(task, task),
-                             "floor_s": floor_seconds(cost, limits) if cost else None,
-                             "weights_bytes": 4 * n_params if task == "load" and n_params else None,
-                             "ours": _cell(res.get("ours"), task), "theirs": _cell(res.get("theirs"), task)})
+                cost = (
+                    task_cost(
+                        "greedy" if task != "load" else "load",
+                        ck.read_config(enc),
+                        ck.read_config(dec),
+                        work,
+                        ckpt_bytes=ckpt,
+                    )
+                    if task != "compile"
+                    else None
+                )
+                rows.append(
+                    {
+                        "framework": fw,
+                        "pair": pair,
+                        "task": {"greedy": "xla greedy" if fw == "tf" else "jit greedy"}.get(task, task),
+                        "floor_s": floor_seconds(cost, limits) if cost else None,
+                        "weights_bytes": 4 * n_params if task == "load" and n_params else None,
+                        "ours": _cell(res.get("ours"), task),
+                        "theirs": _cell(res.get("theirs"), task),
+                    }
+                )
     result = {"rows": rows, "raw": raw, "limits": limits}
     ver = {k: _version(k) for k in ("transformers", "tensorflow", "tf-keras", "keras", "jax", "flax", "torch")}
-    text = "\n".join([
-        f"## TF/Flax benchmark {dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
-        f"(commit {_git_commit()})", "",
-        "`python -m benchmarks.compiled " + " ".join(argv) + "`", "",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
-        f"- limits: fp32 GEMM {limits['gemm_flops'] / 1e9:.1f} GFLOP/s, copy bandwidth {limits['bandwidth'] / 1e9:.1f} GB/s",
-        f"- {'tiny' if args.tiny else 'base-size'} checkpoints; steady figure: median of {args.repeat} after the "
-        "first call; compile = first call - steady median", "", table(result), ""])
+    text = "\n".join(
+        [
+            f"## TF/Flax benchmark {dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
+            f"(commit {_git_commit()})",
+            "",
+            "`python -m benchmarks.compiled " + " ".join(argv) + "`",
+            "",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+            f"- limits: fp32 GEMM {limits['gemm_flops'] / 1e9:.1f} GFLOP/s, copy bandwidth {limits['bandwidth'] / 1e9:.1f} GB/s",
+            f"- {'tiny' if args.tiny else 'base-size'} checkpoints; steady figure: median of {args.repeat} after the "
+            "first call; compile = first call - steady median",
+            "",
+            table(result),
+            "",
+        ]
+    )
     print(text, flush=True)
     if args.md:
         with open(args.md, "a") as f:

@@ -121,10 +121,12 @@ class TorchImpl(Impl):
 
         m, x = state.model, state.inputs
         if name == "forward":
+
             def run():
                 m.eval()
                 with torch.no_grad():
                     return m(input_ids=x["input_ids"], attention_mask=x["attention_mask"], labels=x["labels"]).loss
+
             return run
         if name in GEN_KWARGS:
             kwargs = dict(GEN_KWARGS[name], max_new_tokens=work.new_tokens, eos_token_id=None)
@@ -134,6 +136,7 @@ class TorchImpl(Impl):
                 torch.manual_seed(work.seed)  # sampling draws the same numbers on every repeat
                 with torch.no_grad():
                     return m.generate(input_ids=x["input_ids"], attention_mask=x["attention_mask"], **kwargs)
+
             return run
         if name == "train_step":
             opt = state.extra.setdefault("opt", torch.optim.AdamW(m.parameters(), lr=1e-5))
@@ -145,6 +148,7 @@ class TorchImpl(Impl):
                 loss.backward()
                 opt.step()
                 return loss.detach()
+
             return run
         raise KeyError(f"unknown task {name!r}")
 

@@ -43,6 +43,7 @@ def _csv(choices):
         if bad or not items:
             raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
         return [c for c in choices if c in items]  # canonical order: train_step runs last
+
     return parse
 
 
@@ -78,8 +79,9 @@ def _finish(cell: dict) -> dict:
 
 def bench_load(impls: dict, enc, dec, args) -> dict:
     cells = {side: {"times_s": [], "peak_bytes": None, "n_params": None, "error": None} for side in impls}
-    schedule = [(False, s) for _ in range(args.warmup) for s in impls] + [(True, s) for _ in range(args.repeat)
-                                                                          for s in impls]
+    schedule = [(False, s) for _ in range(args.warmup) for s in impls] + [
+        (True, s) for _ in range(args.repeat) for s in impls
+    ]
     for timed_call, side in tqdm(schedule, desc="load", leave=False, disable=None):
         cell = cells[side]
         if cell["error"]:
@@ -125,9 +127,18 @@ def convert_rows(args, limits: dict) -> list[dict]:
         for fw, target in (("tf", "h5"), ("flax", "msgpack")):
             cells = bench_convert(args.sides, src, target, args)
             cost = {"flops": 0.0, "bytes": 2.0 * ckpt_bytes}  # read the checkpoint once, write it once
-            rows.append({"framework": fw, "pair": pair, "task": "convert", "target": target, **cost,
-                         "floor_s": floor_seconds(cost, limits), "weights_bytes": ckpt_bytes,
-                         **{side: cells.get(side) for side in SIDES}})
+            rows.append(
+                {
+                    "framework": fw,
+                    "pair": pair,
+                    "task": "convert",
+                    "target": target,
+                    **cost,
+                    "floor_s": floor_seconds(cost, limits),
+                    "weights_bytes": ckpt_bytes,
+                    **{side: cells.get(side) for side in SIDES},
+                }
+            )
     return rows
 
 
@@ -144,8 +155,17 @@ def bench_tasks(impls: dict, tasks: list[str], enc, dec, work: Workload, args) -
             logger.warning("%s: load failed: %s", impl.name, failed[side])
     out = {}
     for task in tasks:
-        cells = {side: {"times_s": [], "peak_bytes": None, "warmup_peak_bytes": None, "n_params": None,
-                        "error": failed.get(side), "out_shape": None} for side in impls}
+        cells = {
+            side: {
+                "times_s": [],
+                "peak_bytes": None,
+                "warmup_peak_bytes": None,
+                "n_params": None,
+                "error": failed.get(side),
+                "out_shape": None,
+            }
+            for side in impls
+        }
         fns = {}
         for side, state in states.items():
             try:
@@ -204,8 +224,9 @@ def run(args) -> dict:
 def _run(args) -> dict:
     work = Workload()
     limits = machine_limits(args.device, quick=args.tiny)
-    logger.info("machine: GEMM %.1f GFLOP/s, copy bandwidth %.1f GB/s", limits["gemm_flops"] / 1e9,
-                limits["bandwidth"] / 1e9)
+    logger.info(
+        "machine: GEMM %.1f GFLOP/s, copy bandwidth %.1f GB/s", limits["gemm_flops"] / 1e9, limits["bandwidth"] / 1e9
+    )
     rows = []
     for fw in args.frameworks:
         impls, skipped = {}, {}
@@ -229,10 +250,17 @@ def _run(args) -> dict:
                 cells.update(bench_tasks(impls, in_proc, enc, dec, work, args))
             for task in (t for t in args.tasks if t != "convert"):  # convert rows: convert_rows
                 n_params = next((c["n_params"] for c in cells[task].values() if c.get("n_params")), 0)
-                cost = task_cost(task, ck.read_config(enc), ck.read_config(dec), work, n_params=n_params,
-                                 ckpt_bytes=ckpt_bytes)
-                row = {"framework": fw, "pair": pair, "task": task, **cost,
-                       "floor_s": floor_seconds(cost, limits), "weights_bytes": 4 * n_params or None}
+                cost = task_cost(
+                    task, ck.read_config(enc), ck.read_config(dec), work, n_params=n_params, ckpt_bytes=ckpt_bytes
+                )
+                row = {
+                    "framework": fw,
+                    "pair": pair,
+                    "task": task,
+                    **cost,
+                    "floor_s": floor_seconds(cost, limits),
+                    "weights_bytes": 4 * n_params or None,
+                }
                 row.update({side: cells[task].get(side) for side in SIDES})
                 rows.append(row)
     if "convert" in args.tasks:
@@ -243,8 +271,13 @@ def _run(args) -> dict:
 # ---------------------------------------------------------------------- reporting
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -270,12 +303,19 @@ def metadata(args) -> dict:
         "command": "python -m benchmarks.run " + shlex.join(args.argv),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": _git_commit(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": _version("transformers"), "tensorflow": _version("tensorflow"),
-                     "flax": _version("flax")},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "tensorflow": _version("tensorflow"),
+            "flax": _version("flax"),
+        },
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu, "gpu": gpu},
         "other_frameworks_loaded": [m for m in ("tensorflow", "jax") if m in sys.modules],
-        "device": args.device, "tiny": args.tiny, "repeat": args.repeat, "warmup": args.warmup,
+        "device": args.device,
+        "tiny": args.tiny,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
     }
 
 
@@ -301,8 +341,18 @@ def _ratio(a, b) -> str:
 
 
 def table(result: dict) -> str:
-    head = ["fw", "task", "pair", "ours ms", "theirs ms", "ours/theirs", "ours peak MB", "theirs peak MB",
-            "floor ms", "ours/floor"]
+    head = [
+        "fw",
+        "task",
+        "pair",
+        "ours ms",
+        "theirs ms",
+        "ours/theirs",
+        "ours peak MB",
+        "theirs peak MB",
+        "floor ms",
+        "ours/floor",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         ours, theirs = r["ours"], r["theirs"]
@@ -310,8 +360,18 @@ def table(result: dict) -> str:
         floor = "" if not r["floor_s"] else f"{r['floor_s'] * 1e3:.1f}"
         over = f"{ours['median_s'] / r['floor_s']:.1f}" if ours and ours["median_s"] and r["floor_s"] else ""
         task = f"convert to {r['target']}" if r["task"] == "convert" else r["task"]
-        cells = [r["framework"], task, r["pair"], _ms(ours), _ms(theirs), _ratio(ours, theirs),
-                 _mb(ours, w), _mb(theirs, w), floor, over]
+        cells = [
+            r["framework"],
+            task,
+            r["pair"],
+            _ms(ours),
+            _ms(theirs),
+            _ratio(ours, theirs),
+            _mb(ours, w),
+            _mb(theirs, w),
+            floor,
+            over,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -320,19 +380,26 @@ def report(result: dict) -> str:
     m, lim = result["meta"], result["limits"]
     mach, ver = m["machine"], m["versions"]
     wl = result["workload"]
-    return "\n".join([
-        f"## Benchmark {m['date']} (commit {m['commit']})", "",
-        f"`{m['command']}`", "",
-        f"- versions: python {ver['python']}, torch {ver['torch']}, transformers {ver['transformers']}"
-        + "".join(f", {k} {ver[k]}" for k in ("tensorflow", "flax") if ver.get(k)),
-        f"- machine: {mach['cores']} cores ({mach['torch_threads']} torch threads), {mach['cpu']}"
-        + (f", GPU {mach['gpu']}" if mach["gpu"] else "") + f"; device {m['device']}",
-        f"- limits: fp32 GEMM {lim['gemm_flops'] / 1e9:.1f} GFLOP/s (n={lim['gemm_n']}), "
-        f"copy bandwidth {lim['bandwidth'] / 1e9:.1f} GB/s",
-        f"- workload: batch {wl['batch']}, source {wl['source_len']}, {wl['new_tokens']} new tokens (EOS off); "
-        f"{'tiny' if m['tiny'] else 'base-size'} random checkpoints; median of {m['repeat']} after {m['warmup']} warmup",
-        "", table(result), "",
-    ])
+    return "\n".join(
+        [
+            f"## Benchmark {m['date']} (commit {m['commit']})",
+            "",
+            f"`{m['command']}`",
+            "",
+            f"- versions: python {ver['python']}, torch {ver['torch']}, transformers {ver['transformers']}"
+            + "".join(f", {k} {ver[k]}" for k in ("tensorflow", "flax") if ver.get(k)),
+            f"- machine: {mach['cores']} cores ({mach['torch_threads']} torch threads), {mach['cpu']}"
+            + (f", GPU {mach['gpu']}" if mach["gpu"] else "")
+            + f"; device {m['device']}",
+            f"- limits: fp32 GEMM {lim['gemm_flops'] / 1e9:.1f} GFLOP/s (n={lim['gemm_n']}), "
+            f"copy bandwidth {lim['bandwidth'] / 1e9:.1f} GB/s",
+            f"- workload: batch {wl['batch']}, source {wl['source_len']}, {wl['new_tokens']} new tokens (EOS off); "
+            f"{'tiny' if m['tiny'] else 'base-size'} random checkpoints; median of {m['repeat']} after {m['warmup']} warmup",
+            "",
+            table(result),
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> dict:

@@ -10,8 +10,19 @@ Modules here import a framework only inside the function that needs it, so impor
 """
 
 from conversion.formats import FORMATS, convert, detect, open_source, read_canonical
-from conversion.parity import PARITY_ATOL, ParityReport, check_parity
+from conversion.parity import PARITY_ATOL, PARITY_RTOL, ParityReport, check_parity
 from conversion.pt_bin import read_pytorch_bin, write_pytorch_bin
 
-__all__ = ["FORMATS", "convert", "detect", "open_source", "read_canonical", "check_parity", "ParityReport",
-           "PARITY_ATOL", "read_pytorch_bin", "write_pytorch_bin"]
+__all__ = [
+    "FORMATS",
+    "convert",
+    "detect",
+    "open_source",
+    "read_canonical",
+    "check_parity",
+    "ParityReport",
+    "PARITY_ATOL",
+    "PARITY_RTOL",
+    "read_pytorch_bin",
+    "write_pytorch_bin",
+]

@@ -29,46 +29,50 @@ Detected(path=..., format='h5', sharded=True, ..., kind='encoder-decoder', ..., 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from conversion.naming import (
-    DECODER_ARCHS,
-    FILES,
-    FORMATS,
-    KINDS,
-    SAFETENSORS_FORMATS,
-    Tables,
-    container,
-    describe,
-    stored_name,
-    tables_for,
-)
-from conversion.sources import BinSource, H5Source, MsgpackSource, SafetensorsSource, Source, h5_scope
+from conversion.sources import h5_scope
 from conversion.writers import write_weights
 from encdec_core.checkpoint import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
     WEIGHT_FILE_PATTERNS,
     atomic_write_dir,
-    recover_interrupted,
+    check_interrupted,
 )
-from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig, load_config
-from encdec_core.errors import CheckpointError, EncdecError, InputError
+from encdec_core.configs import PretrainedConfig, load_config
+from encdec_core.errors import CheckpointError, InputError
+from encdec_core.formats.canonical import (
+    checkpoint_kind,
+    has_pooler,
+    nothing_found,
+    open_source,
+    present_formats,
+    raw_source,
+)
+from encdec_core.formats.naming import (
+    FORMATS,
+    KINDS,
+    SAFETENSORS_FORMATS,
+    Tables,
+    describe,
+    stored_name,
+    tables_for,
+)
+from encdec_core.formats.sources import Source
 from encdec_core.loading import IGNORED_SUFFIXES
-from encdec_core.tables import Param
 
 logger = logging.getLogger("encdec")
 PROGRESS_BYTES = 1 << 28  # a progress bar by default from 256 MB of tensors
+
 
 # ----------------------------------------------------------------------------- detection
 @dataclass(frozen=True)
@@ -86,163 +90,54 @@ class Detected:
     config: PretrainedConfig = field(repr=False, compare=False)
 
 
-def _safetensors_format(folder: Path) -> str:
-    """Metadata "format" of the folder's safetensors (the first file); a file without one is "pt"."""
-    from safetensors import safe_open
-
-    single, index = FILES["safetensors"]
-    first = folder / single
-    if not first.is_file():
-        import json
-
-        try:
-            names = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            first = folder / names[0]
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-            raise CheckpointError(f"{folder / index}: not a readable shard index: {e}") from e
-    try:
-        with safe_open(str(first), framework="np") as f:
-            fmt = (f.metadata() or {}).get("format", "pt")
-    except Exception as e:  # safetensors raises its own error type on garbage
-        raise CheckpointError(f"{first}: not a readable safetensors file: {e}") from e
-    if fmt not in SAFETENSORS_FORMATS:
-        raise CheckpointError(f"{first}: metadata format {fmt!r}; expected one of {SAFETENSORS_FORMATS}")
-    return fmt
-
-
-def present_formats(folder: str | os.PathLike[str]) -> list[str]:
-    """Formats whose weight files are in ``folder``, in the default reading order (safetensors first)."""
-    folder = Path(folder)
-    found = []
-    for box in ("safetensors", "bin", "h5", "msgpack"):
-        if any((folder / name).is_file() for name in FILES[box]):
-            found.append(_safetensors_format(folder) if box == "safetensors" else box)
-    return found
-
-
 def _weight_files(folder: Path, fmt: str) -> tuple[bool, tuple[str, ...]]:
+    from encdec_core.formats.naming import FILES, container
+    from encdec_core.formats.shards import read_index
+
     single, index = FILES[container(fmt)]
     if (folder / single).is_file():
         return False, (single,)
-    import json
-
-    shards = sorted(set(json.loads((folder / index).read_text()).get("weight_map", {}).values()))
-    return True, (index, *shards)
-
-
-def _kind(config: PretrainedConfig, keys: Sequence[str], fmt: str) -> str:
-    """Composite / encoder / decoder: by config, else by which table the keys fit best."""
-    if isinstance(config, EncoderDecoderConfig):
-        return "encoder-decoder"
-    for arch in config.architectures or []:
-        if arch.endswith(DECODER_ARCHS):
-            return "decoder"
-        if arch.endswith("Model"):
-            return "encoder"
-    keys = set(keys)
-    score = {kind: sum(stored_name(p, fmt) in keys for p in tables_for(config, kind).stored)
-             for kind in ("decoder", "encoder")}
-    return max(score, key=score.get)  # a tie (GPT-2 in TF names) goes to the decoder: listed first
+    return True, (index, *sorted(read_index(folder / index).files))
 
 
 def detect(path: str | os.PathLike[str], *, formats: Sequence[str] | None = None) -> Detected:
     """Detect the format (the first of ``formats`` present, by default the first present) and the kind of a folder.
 
-    Raises :class:`CheckpointError` naming what the folder holds when nothing fits.
+    Raises :class:`CheckpointError` naming what the folder holds when nothing fits; only
+    reads (leftovers of an interrupted save get one warning).
     """
     folder = Path(path).expanduser()
-    recover_interrupted(folder)
+    check_interrupted(folder)
     if not folder.is_dir():
         what = "is a file; expected a checkpoint folder" if folder.exists() else "no such checkpoint folder"
         raise CheckpointError(f"{folder}: {what} (config.json + weights)")
     available = present_formats(folder)
     wanted = [f for f in (formats or available) if f in available]
     if not wanted:
-        raise CheckpointError(_nothing_found(folder, formats or FORMATS, available, ""))
+        raise CheckpointError(nothing_found(folder, formats or FORMATS, available, ""))
     fmt = wanted[0]
     config = load_config(folder)
-    with _raw(folder, fmt) as raw:
+    with raw_source(folder, fmt) as raw:
         keys = raw.keys()
     sharded, files = _weight_files(folder, fmt)
-    kind = _kind(config, keys, fmt)
-    arch = (f"{config.encoder.model_type}2{config.decoder.model_type}" if kind == "encoder-decoder"
-            else config.model_type)
+    kind = checkpoint_kind(config, keys, fmt)
+    arch = (
+        f"{config.encoder.model_type}2{config.decoder.model_type}" if kind == "encoder-decoder" else config.model_type
+    )
     return Detected(folder, fmt, sharded, files, kind, config.model_type, arch, tuple(available), config)
-
-
-def _nothing_found(folder: Path, accept: Sequence[str], available: Sequence[str], what: str) -> str:
-    names = list(dict.fromkeys(FILES[container(f)][0] for f in accept))
-    expected = f"{', '.join(names[:-1])}{' or ' if len(names) > 1 else ''}{names[-1]}"
-    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    msg = f"{folder}: no {what}weights found; expected {expected} (or a sharded index); the folder holds {present}"
-    if available:
-        msg += (f"; its {', '.join(describe(f) for f in available)} can be converted with "
-                f"`encdec convert {folder} OUT --to {accept[0]}`")
-    return msg
-
-
-@contextlib.contextmanager
-def _raw(folder: Path, fmt: str) -> Iterator[Any]:
-    if fmt in SAFETENSORS_FORMATS:
-        single, index = FILES["safetensors"]
-        src = SafetensorsSource(folder, folder / single if (folder / single).is_file() else None, folder / index)
-    else:
-        src = {"bin": BinSource, "h5": H5Source, "msgpack": MsgpackSource}[fmt](folder)
-    try:
-        yield src
-    finally:
-        src.close()
-
-
-def _own_table(folder: Path, fmt: str, keys: Sequence[str]) -> list[Param]:
-    """The checkpoint's own (untied) table from its config.json, or nothing if it has no usable config."""
-    try:
-        config = load_config(folder)
-        kind = _kind(config, keys, fmt)
-        return tables_for(config, kind, pooler=_has_pooler(keys)).full
-    except EncdecError:
-        return []
-
-
-def _has_pooler(keys: Sequence[str]) -> bool:
-    """Whether a standalone encoder's file has its pooler (a base model saved without one has none)."""
-    return any("pooler" in k for k in keys)
-
-
-@contextlib.contextmanager
-def open_source(path: str | os.PathLike[str], table: Sequence[Param] | None = None, *,
-                accept: Sequence[str] = FORMATS, what: str = "") -> Iterator[Source]:
-    """Open the weights in ``path`` as a canonical :class:`Source` (the backends' loaders call this).
-
-    ``accept`` lists the formats the caller reads, in order of preference: the first present
-    is read. ``table`` (the caller's model table, untied) translates TF / Flax names; keys it
-    does not know are translated by the checkpoint's own table (its config.json), so a base
-    model's Flax file loads into a causal LM as its PyTorch file does. ``what`` names the
-    caller in the error raised when no accepted format is present ("PyTorch ").
-    """
-    folder = Path(path).expanduser()
-    recover_interrupted(folder)
-    available = present_formats(folder) if folder.is_dir() else []
-    fmt = next((f for f in accept if f in available), None)
-    if fmt is None:
-        raise CheckpointError(_nothing_found(folder, accept, available, what))
-    with _raw(folder, fmt) as raw:
-        tables = [list(table or [])]
-        if fmt not in ("pt", "bin"):
-            keys = raw.keys()
-            tables.append(_own_table(folder, fmt, keys))
-        yield Source(folder, fmt, raw, tables)
 
 
 # ----------------------------------------------------------------------------- strict read and convert
 def checkpoint_tables(det: Detected, keys: Sequence[str]) -> Tables:
     """The tables of a detected checkpoint; a standalone encoder without a pooler gets a table without one."""
-    return tables_for(det.config, det.kind, pooler=_has_pooler(keys))
+    return tables_for(det.config, det.kind, pooler=has_pooler(keys))
 
 
 def _mismatch_error(det: Detected, unconsumed: list[str], unfilled: list[str]) -> CheckpointError:
-    lines = [f"{det.path}: {describe(det.format)} of a {det.architecture} {det.kind} does not match the weight "
-             "tables (config.json):"]
+    lines = [
+        f"{det.path}: {describe(det.format)} of a {det.architecture} {det.kind} does not match the weight "
+        "tables (config.json):"
+    ]
     if unconsumed:
         lines.append(f"  {len(unconsumed)} source key(s) not consumed (no table row reads them):")
         lines += [f"    {k}" for k in unconsumed]
@@ -259,8 +154,9 @@ def _progress(total_bytes: int, progress: bool | None) -> bool | None:
     return True if total_bytes < PROGRESS_BYTES else None
 
 
-def read_canonical(path: str | os.PathLike[str], *, fmt: str | None = None,
-                   progress: bool | None = None) -> tuple[Detected, Tables, dict[str, np.ndarray]]:
+def read_canonical(
+    path: str | os.PathLike[str], *, fmt: str | None = None, progress: bool | None = None
+) -> tuple[Detected, Tables, dict[str, np.ndarray]]:
     """Every stored weight of the checkpoint in ``path`` as canonical numpy arrays (dtypes kept), strictly.
 
     Raises ONE :class:`CheckpointError` listing every source key not consumed and every
@@ -269,25 +165,36 @@ def read_canonical(path: str | os.PathLike[str], *, fmt: str | None = None,
     recomputed (``position_ids``, GPT-2's ``attn.bias``) are dropped, as Transformers does.
     """
     det = detect(path, formats=[fmt] if fmt else None)
-    with _raw(det.path, det.format) as raw:
+    with raw_source(det.path, det.format) as raw:
         tables = checkpoint_tables(det, raw.keys())
         src = Source(det.path, det.format, raw, [tables.full])
         stored = {p.pt for p in tables.stored}
         tied = {t.pt: t.source for t in tables.ties}
-        unconsumed = [src.stored_key(n) for n in src.keys()
-                      if n not in stored and n not in tied and not n.endswith(IGNORED_SUFFIXES)]
+        unconsumed = [
+            src.stored_key(n)
+            for n in src.keys()
+            if n not in stored and n not in tied and not n.endswith(IGNORED_SUFFIXES)
+        ]
         # a file that stored only the other side of a tie fills its source (as plan_load does)
         fill = {p.pt: next((t for t, s in tied.items() if s == p.pt and t in src), p.pt) for p in tables.stored}
         unfilled = [name for name, key in fill.items() if key not in src]
         if unconsumed or unfilled:
             raise _mismatch_error(det, unconsumed, unfilled)
         total = sum(int(np.prod(src.shapes[k])) * 4 for k in fill.values())
-        arrays = {name: src.get(key) for name, key in
-                  tqdm(fill.items(), desc=f"read {det.format}", unit="tensor", disable=_progress(total, progress))}
+        arrays = {
+            name: src.get(key)
+            for name, key in tqdm(
+                fill.items(), desc=f"read {det.format}", unit="tensor", disable=_progress(total, progress)
+            )
+        }
         differ = [t for t, s in tied.items() if t in src and s in arrays and not np.array_equal(src.get(t), arrays[s])]
     if differ:
-        logger.warning("%s: %d tied weight(s) differ from the weight they are tied to (%s); the latter is kept",
-                       det.path, len(differ), ", ".join(differ[:3]))
+        logger.warning(
+            "%s: %d tied weight(s) differ from the weight they are tied to (%s); the latter is kept",
+            det.path,
+            len(differ),
+            ", ".join(differ[:3]),
+        )
     return det, tables, arrays
 
 
@@ -303,17 +210,27 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
 
     copied = []
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
-        weight = any(fnmatch.fnmatchcase(entry.name, p) for p in WEIGHT_FILE_PATTERNS
-                     if p not in (CONFIG_NAME, GENERATION_CONFIG_NAME))
+        weight = any(
+            fnmatch.fnmatchcase(entry.name, p)
+            for p in WEIGHT_FILE_PATTERNS
+            if p not in (CONFIG_NAME, GENERATION_CONFIG_NAME)
+        )
         if entry.is_file() and not weight and not entry.name.startswith("."):
             shutil.copy2(entry.path, dst / entry.name)
             copied.append(entry.name)
     return copied
 
 
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = "pt", *,
-            max_shard_size: int | str | None = None, source_format: str | None = None,
-            progress: bool | None = None, overwrite: bool = False) -> Path:
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    to: str = "pt",
+    *,
+    max_shard_size: int | str | None = None,
+    source_format: str | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Convert the checkpoint folder ``src`` into ``dst`` in format ``to`` (see the module table).
 
     Reads strictly (:func:`read_canonical`), copies config.json, generation_config.json and
@@ -328,16 +245,26 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     _check_paths(src, dst)
     if dst.is_dir() and present_formats(dst) and not overwrite:
-        raise CheckpointError(f"{dst}: already holds a checkpoint ({', '.join(present_formats(dst))}); "
-                              "pass overwrite=True (--overwrite) to replace it")
+        raise CheckpointError(
+            f"{dst}: already holds a checkpoint ({', '.join(present_formats(dst))}); "
+            "pass overwrite=True (--overwrite) to replace it"
+        )
     det, tables, arrays = read_canonical(src, fmt=source_format, progress=progress)
     scope = version = None
     if det.format == "h5" and to == "h5":  # keep the model name and Keras version the file records
         scope, version = h5_scope(det.path)
     with atomic_write_dir(dst) as tmp:
         _copy_side_files(det.path, tmp)
-        written = write_weights(arrays, tmp, to, tables, max_shard_size=max_shard_size, scope=scope,
-                                keras_version=version, architectures=det.config.architectures)
+        written = write_weights(
+            arrays,
+            tmp,
+            to,
+            tables,
+            max_shard_size=max_shard_size,
+            scope=scope,
+            keras_version=version,
+            architectures=det.config.architectures,
+        )
     logger.info("%s (%s) -> %s (%s): %d tensors in %d file(s)", src, det.format, dst, to, len(arrays), len(written))
     return dst
 

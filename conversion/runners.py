@@ -65,8 +65,9 @@ def _limit(config) -> int:
     return limit - (config.pad_token_id or 0) - 1 if config.model_type == "roberta" else limit
 
 
-def default_batch(config: EncoderDecoderConfig, *, batch_size: int = 3, source_length: int = 11,
-                  target_length: int = 7, seed: int = 0) -> dict[str, np.ndarray]:
+def default_batch(
+    config: EncoderDecoderConfig, *, batch_size: int = 3, source_length: int = 11, target_length: int = 7, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A padded batch from the vocabularies: ``input_ids``, ``attention_mask`` and ``labels`` (int64).
 
     Row ``i`` has ``(0, 3, 5)[i % 3]`` right pads in the source and ``(0, 2, 4)[i % 3]``
@@ -77,8 +78,12 @@ def default_batch(config: EncoderDecoderConfig, *, batch_size: int = 3, source_l
     """
     rng = np.random.default_rng(seed)
     enc, dec = config.encoder, config.decoder
-    special = {t for c in (config, enc, dec) for t in (c.pad_token_id, c.bos_token_id, c.eos_token_id,
-                                                        getattr(c, "decoder_start_token_id", None)) if isinstance(t, int)}
+    special = {
+        t
+        for c in (config, enc, dec)
+        for t in (c.pad_token_id, c.bos_token_id, c.eos_token_id, getattr(c, "decoder_start_token_id", None))
+        if isinstance(t, int)
+    }
     s, t = min(source_length, _limit(enc)), min(target_length, _limit(dec))
 
     def draw(vocab: int, shape: tuple[int, int]) -> np.ndarray:
@@ -89,16 +94,20 @@ def default_batch(config: EncoderDecoderConfig, *, batch_size: int = 3, source_l
     ids, mask = draw(enc.vocab_size, (batch_size, s)), np.ones((batch_size, s), np.int64)
     for i in range(batch_size):
         n = min((0, 3, 5)[i % 3], s - 1)
-        ids[i, s - n:], mask[i, s - n:] = pad, 0
+        ids[i, s - n :], mask[i, s - n :] = pad, 0
     labels = draw(dec.vocab_size, (batch_size, t))
     for i in range(batch_size):
         n = min((0, 2, 4)[i % 3], t - 1)
-        labels[i, t - n:] = -100
+        labels[i, t - n :] = -100
     if config.decoder_start_token_id is not None and config.pad_token_id is not None:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     dec_mask = (labels != -100).astype(np.int64)
-    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": np.where(dec_mask, labels, 0),
-            "decoder_attention_mask": dec_mask}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "decoder_input_ids": np.where(dec_mask, labels, 0),
+        "decoder_attention_mask": dec_mask,
+    }
 
 
 def _to(framework: str, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -140,12 +149,18 @@ def forward(framework: str, model: Any, batch: Mapping[str, np.ndarray]) -> dict
     return result
 
 
-def generate(framework: str, model: Any, batch: Mapping[str, np.ndarray], *, num_beams: int = 1,
-             max_new_tokens: int = 8) -> np.ndarray:
+def generate(
+    framework: str, model: Any, batch: Mapping[str, np.ndarray], *, num_beams: int = 1, max_new_tokens: int = 8
+) -> np.ndarray:
     """``model.generate(input_ids, attention_mask=..., max_new_tokens=..., num_beams=...)`` as int64 numpy ids."""
     inputs = _to(framework, {k: batch[k] for k in ("input_ids", "attention_mask")})
-    out = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
-                         num_beams=num_beams, do_sample=False)
+    out = model.generate(
+        inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+    )
     return _numpy(getattr(out, "sequences", out)).astype(np.int64)
 
 

@@ -18,20 +18,17 @@ import numpy as np
 
 from conversion.formats import checkpoint_tables, detect, open_source
 from conversion.naming import tables_for
-from conversion.sources import numpy_dtype
+from encdec_core.errors import CheckpointError
+from encdec_core.formats.dtypes import itemsize
 from encdec_core.hub import resolve_checkpoint
 from encdec_core.loading import plan_load
 from encdec_core.report import group_names
 
-_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
-
 
 def _itemsize(code: str) -> int:
-    if code in _ITEMSIZE:
-        return _ITEMSIZE[code]
     try:
-        return numpy_dtype(code).itemsize
-    except Exception:  # an exotic code: one byte is the honest lower bound
+        return itemsize(code)  # the one dtype table
+    except CheckpointError:  # an exotic code: one byte is the honest lower bound
         return 1
 
 
@@ -102,16 +99,19 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def format_summary(info: dict[str, Any]) -> str:
     """A few readable lines of :func:`inspect_checkpoint`'s result."""
+
     def mb(n: int) -> str:
         return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
     lines = [
         f"{info['path']}: {info['architecture']} {info['kind']}, format {info['format']}"
-        + (" (sharded)" if info["sharded"] else "") + (f"; also {', '.join(info['other_formats'])}"
-                                                        if info["other_formats"] else ""),
-        "parameters: " + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items())
+        + (" (sharded)" if info["sharded"] else "")
+        + (f"; also {', '.join(info['other_formats'])}" if info["other_formats"] else ""),
+        "parameters: "
+        + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items())
         + f" (total {info['total_parameters']:,})",
-        "dtypes: " + ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items())
+        "dtypes: "
+        + ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items())
         + f"; {mb(info['bytes'])} of tensors, {mb(info['file_bytes'])} on disk",
     ]
     for key in ("tied", "expected_new", "missing", "unexpected"):

@@ -1,238 +1,30 @@
-"""Transformers' TensorFlow weight files, ``tf_model.h5`` (single or sharded), read and written with h5py.
+"""Transformers' ``tf_model.h5``: moved to :mod:`encdec_core.formats.tf_h5` (below the backends, which read it).
 
-The layout Transformers 4.57 writes (Keras 2 ``save_weights``), as read off the fixtures:
-
-* one file ``tf_model.h5``. Root attributes ``layer_names`` (the model's top-level layers:
-  ``encoder``, ``decoder``, ``enc_to_dec_proj``; ``bert`` and ``mlm___cls`` for a BERT LM),
-  ``backend`` and ``keras_version``, all variable-length ASCII strings. One group per layer
-  name, whose attribute ``weight_names`` lists full variable names ``<model scope>/<name>:0``
-  (e.g. ``tf_encoder_decoder_model/encoder/bert/pooler/dense/bias:0``), each stored as the
-  dataset ``<layer>/<weight name>``. A group ``top_level_model_weights`` with an empty
-  ``weight_names`` (a float64 array of shape (0,)).
-* shards ``tf_model-0000i-of-0000N.h5`` plus ``tf_model.h5.index.json``
-  (``{"metadata": {"total_size"}, "weight_map": {"<scope>/<name>:0": shard}}``); each shard has
-  one root attribute ``layer_names`` listing its datasets, named ``<name>:0`` (scope dropped).
-* an attribute over 64 KiB (HDF5's header limit) is split by Keras into ``weight_names0``,
-  ``weight_names1``, ...
-
-Names here are the core tables' ``Param.tf``: no model scope, no ``:0``. The reader drops the
-scope (the first path segment, whatever the model was called: Transformers' own rule) and the
-suffix; the writer adds both. h5py is imported inside the functions that need it.
+Kept here so ``conversion.tf_h5`` imports keep working.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from encdec_core.formats.tf_h5 import (
+    TF_WEIGHTS_INDEX_NAME,
+    TF_WEIGHTS_NAME,
+    TOP_LEVEL_GROUP,
+    TFH5Reader,
+    has_tf_h5,
+    read_names,
+    strip_name,
+    write_names,
+    write_tf_h5,
+)
 
-import numpy as np
-
-from encdec_core.checkpoint import atomic_output, plan_shards, read_index, remove_stale_files, write_json
-from encdec_core.errors import CheckpointError
-
-TF_WEIGHTS_NAME = "tf_model.h5"
-TF_WEIGHTS_INDEX_NAME = "tf_model.h5.index.json"
-TOP_LEVEL_GROUP = "top_level_model_weights"
-_ATTR_LIMIT = 64512  # bytes; Keras' split point, under HDF5's 64 KiB object header
-
-
-def strip_name(name: str, *, scoped: bool) -> str:
-    """``tf_encoder_decoder_model/encoder/x:0`` -> ``encoder/x`` (``scoped=False``: only the ``:0``)."""
-    if name.endswith(":0"):
-        name = name[:-2]
-    if scoped and "/" in name:
-        name = name.split("/", 1)[1]
-    return name
-
-
-def has_tf_h5(folder: str | os.PathLike[str]) -> bool:
-    folder = Path(folder)
-    return (folder / TF_WEIGHTS_NAME).is_file() or (folder / TF_WEIGHTS_INDEX_NAME).is_file()
-
-
-def _decode(values: Any) -> list[str]:
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
-
-
-def read_names(group: Any, attr: str) -> list[str]:
-    """A list attribute, joined again if Keras split it (``attr0``, ``attr1``, ...)."""
-    if attr in group.attrs:
-        return _decode(group.attrs[attr]) if len(group.attrs[attr]) else []
-    names, i = [], 0
-    while f"{attr}{i}" in group.attrs:
-        names += _decode(group.attrs[f"{attr}{i}"])
-        i += 1
-    return names
-
-
-def write_names(group: Any, attr: str, names: list[str]) -> None:
-    """Write a list of names as Keras 2 does: variable-length ASCII, split over 64 KiB."""
-    import h5py
-
-    if not names:
-        group.attrs[attr] = np.asarray([], dtype=np.float64)  # what Keras writes for an empty list
-        return
-    data = [n.encode("utf8") for n in names]
-    chunks = max(1, -(-sum(len(d) for d in data) // _ATTR_LIMIT))
-    parts = np.array_split(np.array(data, dtype=object), chunks)
-    for i, part in enumerate(parts):
-        key = attr if chunks == 1 else f"{attr}{i}"
-        group.attrs.create(key, part, dtype=h5py.string_dtype("ascii"))
-
-
-class TFH5Reader:
-    """Lazy reader of ``tf_model.h5`` or its shards: table names -> numpy arrays.
-
-    >>> with TFH5Reader("tests/fixtures/bert2gpt2/tf") as r:  # doctest: +SKIP
-    ...     r.shape("encoder/bert/pooler/dense/kernel")
-    (36, 36)
-    """
-
-    def __init__(self, folder: str | os.PathLike[str]):
-        import h5py
-
-        folder = Path(folder)
-        self.source = folder
-        self._files: list[Any] = []
-        self._where: dict[str, tuple[Any, str]] = {}  # table name -> (h5 file, dataset path)
-        try:
-            if (folder / TF_WEIGHTS_NAME).is_file():
-                self._open_single(h5py, folder / TF_WEIGHTS_NAME)
-            elif (folder / TF_WEIGHTS_INDEX_NAME).is_file():
-                self._open_shards(h5py, folder / TF_WEIGHTS_INDEX_NAME)
-            else:
-                raise CheckpointError(f"{folder}: no {TF_WEIGHTS_NAME} or {TF_WEIGHTS_INDEX_NAME} in this folder")
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(self, h5py: Any, path: Path) -> Any:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise CheckpointError(f"{path}: not a readable HDF5 file: {e}") from e
-        self._files.append(f)
-        return f
-
-    def _add(self, name: str, f: Any, path: str) -> None:
-        if name in self._where:
-            raise CheckpointError(f"{f.filename}: weight '{name}' is stored twice; expected each name once")
-        if path not in f or not hasattr(f[path], "shape"):
-            raise CheckpointError(f"{f.filename}: attribute lists weight '{path}' but the file has no such dataset")
-        self._where[name] = (f, path)
-
-    def _open_single(self, h5py: Any, path: Path) -> None:
-        f = self._open(h5py, path)
-        if "layer_names" not in f.attrs:
-            raise CheckpointError(f"{path}: no 'layer_names' attribute; expected a Keras weights file from Transformers")
-        groups = read_names(f, "layer_names") + ([TOP_LEVEL_GROUP] if TOP_LEVEL_GROUP in f else [])
-        for layer in groups:
-            if layer not in f:
-                raise CheckpointError(f"{path}: 'layer_names' lists '{layer}' but the file has no such group")
-            for weight in read_names(f[layer], "weight_names"):
-                self._add(strip_name(weight, scoped=True), f, f"{layer}/{weight}")
-
-    def _open_shards(self, h5py: Any, index_path: Path) -> None:
-        index = read_index(index_path)
-        for shard_path in index.files.values():
-            f = self._open(h5py, shard_path)
-            for weight in read_names(f, "layer_names"):
-                self._add(strip_name(weight, scoped=False), f, weight)
-        claimed = {strip_name(k, scoped=True) for k in index.weight_map}
-        if missing := sorted(claimed - set(self._where)):
-            raise CheckpointError(f"{index_path}: {len(missing)} weight(s) in the index are in no shard: {missing[:10]}")
-
-    def keys(self) -> list[str]:
-        return list(self._where)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        f, path = self._where[name]
-        return tuple(int(d) for d in f[path].shape)
-
-    def dtype(self, name: str) -> np.dtype:
-        f, path = self._where[name]
-        return f[path].dtype
-
-    def get(self, name: str) -> np.ndarray:
-        f, path = self._where[name]
-        return np.asarray(f[path][()])
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
-        self._files.clear()
-
-    def __enter__(self) -> TFH5Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def write_tf_h5(
-    arrays: Mapping[str, np.ndarray],
-    folder: str | os.PathLike[str],
-    *,
-    scope: str,
-    keras_version: str,
-    max_shard_size: int | str | None = None,
-) -> list[Path]:
-    """Write table-named arrays as Transformers' ``tf_model.h5`` (or shards + index) in ``folder``.
-
-    The top-level groups are the first segments of the names, in order of appearance (the
-    model's top-level layers); ``scope`` is the model name placed before every weight name.
-    """
-    import h5py
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    full = {name: f"{scope}/{name}:0" for name in arrays}
-    sizes = {name: int(np.asarray(a).nbytes) for name, a in arrays.items()}
-    plan = plan_shards(sizes, max_shard_size, "tf_model{suffix}.h5")
-    written = []
-    for fname, names in plan.items():
-        with atomic_output(folder / fname) as tmp, h5py.File(tmp, "w") as f:
-            if len(plan) == 1:
-                _write_keras_layout(f, {n: arrays[n] for n in names}, full, keras_version)
-            else:  # Transformers' shard layout: datasets named without the scope, listed at the root
-                for name in sorted(names):
-                    f.create_dataset(f"{name}:0", data=np.asarray(arrays[name]))
-                write_names(f, "layer_names", [f"{name}:0" for name in sorted(names)])
-        written.append(folder / fname)
-    if len(plan) > 1:
-        weight_map = {full[name]: fname for fname, names in plan.items() for name in names}
-        write_json(folder / TF_WEIGHTS_INDEX_NAME, {"metadata": {"total_size": sum(sizes.values())},
-                                                   "weight_map": weight_map})
-        written.append(folder / TF_WEIGHTS_INDEX_NAME)
-    remove_stale_files(folder, {p.name for p in written}, (TF_WEIGHTS_NAME, "tf_model-*-of-*.h5", TF_WEIGHTS_INDEX_NAME))
-    return written
-
-
-def _write_keras_layout(f: Any, arrays: Mapping[str, np.ndarray], full: Mapping[str, str], keras_version: str) -> None:
-    """One file in Keras 2's ``save_weights`` layout (see the module docstring)."""
-    import h5py
-
-    groups: dict[str, list[str]] = {}
-    for name in arrays:
-        groups.setdefault(name.split("/", 1)[0], []).append(name)
-    write_names(f, "layer_names", list(groups))
-    ascii_str = h5py.string_dtype("ascii")
-    f.attrs.create("backend", b"tensorflow", dtype=ascii_str)
-    f.attrs.create("keras_version", keras_version.encode("utf8"), dtype=ascii_str)
-    for layer, names in groups.items():
-        g = f.create_group(layer)
-        write_names(g, "weight_names", [full[n] for n in names])
-        for n in names:
-            g.create_dataset(full[n], data=np.asarray(arrays[n]))
-    write_names(f.create_group(TOP_LEVEL_GROUP), "weight_names", [])
-
-
-__all__ = ["TF_WEIGHTS_NAME", "TF_WEIGHTS_INDEX_NAME", "TFH5Reader", "write_tf_h5", "has_tf_h5", "strip_name"]
+__all__ = [
+    "TF_WEIGHTS_NAME",
+    "TF_WEIGHTS_INDEX_NAME",
+    "TOP_LEVEL_GROUP",
+    "TFH5Reader",
+    "write_tf_h5",
+    "has_tf_h5",
+    "strip_name",
+    "read_names",
+    "write_names",
+]

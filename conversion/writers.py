@@ -1,4 +1,4 @@
-"""Write canonical arrays in any format: the inverse of :mod:`conversion.sources`, through the same tables.
+"""Write canonical arrays in any format: the inverse of :mod:`encdec_core.formats.sources`, through the same tables.
 
 ``arrays`` are canonical (HF PyTorch names and layouts), the stored weights of a
 checkpoint (tied copies left out, as in ``model.safetensors``). Each format gets what
@@ -8,7 +8,7 @@ too (HF's ``.bin`` is the whole ``state_dict``; its TF and Flax classes do not t
 
 >>> import numpy as np, tempfile
 >>> from encdec_core.configs import BertConfig
->>> from conversion.naming import tables_for
+>>> from encdec_core.formats.naming import tables_for
 >>> t = tables_for(BertConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=5,
 ...                           vocab_size=7, max_position_embeddings=8), "encoder")
 >>> arrays = {p.pt: np.zeros(1, np.float32) for p in t.stored}  # shapes are the caller's business
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.naming import FORMATS, Tables, framework_op, stored_name
-from conversion.sources import from_numpy
 from encdec_core.checkpoint import save_safetensors
 from encdec_core.errors import InputError
+from encdec_core.formats.naming import FORMATS, Tables, framework_op, stored_name
+from encdec_core.formats.sources import from_numpy
 from encdec_core.tables import apply_op
 
 _H5_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
@@ -89,7 +89,7 @@ def write_weights(
     if fmt == "pt":
         return save_safetensors(dict(arrays), folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
     if fmt == "bin":
-        from conversion.pt_bin import write_pytorch_bin
+        from encdec_core.formats.pt_bin import write_pytorch_bin
 
         names = [p.pt for p in tables.stored] + [t.pt for t in tables.ties]
         state = {k: from_numpy(a, "pt") for k, a in with_ties(arrays, tables, names).items()}
@@ -100,15 +100,22 @@ def write_weights(
     if fmt in ("tf", "flax"):
         return save_safetensors(out, folder, max_shard_size=max_shard_size, metadata={"format": fmt})
     if fmt == "h5":
-        from conversion.tf_h5 import write_tf_h5
+        from encdec_core.formats.tf_h5 import write_tf_h5
 
         if odd := sorted({a.dtype.name for a in out.values() if a.dtype.name not in _H5_DTYPES}):
-            raise InputError(f"tf_model.h5 (Keras' HDF5 weights) cannot hold {', '.join(odd)} tensors; write the "
-                             "tf, flax, msgpack or pt format instead (safetensors and msgpack keep bfloat16)")
+            raise InputError(
+                f"tf_model.h5 (Keras' HDF5 weights) cannot hold {', '.join(odd)} tensors; write the "
+                "tf, flax, msgpack or pt format instead (safetensors and msgpack keep bfloat16)"
+            )
 
-        return write_tf_h5(out, folder, scope=scope or default_scope(architectures),
-                           keras_version=keras_version or _keras_version(), max_shard_size=max_shard_size)
-    from conversion.flax_msgpack import write_flax_msgpack
+        return write_tf_h5(
+            out,
+            folder,
+            scope=scope or default_scope(architectures),
+            keras_version=keras_version or _keras_version(),
+            max_shard_size=max_shard_size,
+        )
+    from encdec_core.formats.flax_msgpack import write_flax_msgpack
 
     return write_flax_msgpack(out, folder, max_shard_size=max_shard_size)
 

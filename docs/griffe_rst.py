@@ -38,7 +38,7 @@ def _doctest_blocks(lines: list[str]) -> list[str]:
         indent = line[: len(line) - len(line.lstrip())]
         block = []
         while i < len(lines) and lines[i].strip() and lines[i].startswith(indent):
-            block.append(DIRECTIVE.sub("", lines[i][len(indent):]))
+            block.append(DIRECTIVE.sub("", lines[i][len(indent) :]))
             i += 1
         if out and out[-1].strip():
             out.append("")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -51,9 +52,7 @@ def _check_type(owner: str, name: str, value: Any, hint: Any) -> Any:
             return value
     if Any in allowed:
         return value
-    raise ConfigError(
-        f"{owner}: field '{name}' expected {_hint_name(hint)}, got {type(value).__name__} {value!r}"
-    )
+    raise ConfigError(f"{owner}: field '{name}' expected {_hint_name(hint)}, got {type(value).__name__} {value!r}")
 
 
 def _hint_name(hint: Any) -> str:
@@ -73,6 +72,10 @@ class PretrainedConfig:
     model_type: ClassVar[str] = ""
     # HF renames: attribute name -> key in config.json (GPT-2 calls hidden_size n_embd, ...)
     attribute_map: ClassVar[dict[str, str]] = {}
+    # What the backends read, one name per meaning whatever HF's key: norm_eps (LayerNorm epsilon),
+    # hidden_dropout (residual branches), attn_dropout (attention probabilities), embed_dropout,
+    # act_name (feed-forward activation), num_positions (rows of the position table).
+    vocabulary: ClassVar[dict[str, str]] = {}
 
     is_decoder: bool = False  # causal self-attention (a decoder)
     add_cross_attention: bool = False  # decoder layers attend to encoder states
@@ -84,6 +87,10 @@ class PretrainedConfig:
     eos_token_id: int | list | None = None
     decoder_start_token_id: int | None = None
     architectures: list | None = None  # class names HF writes (informative only)
+    # Transformers' output switches, the defaults of a call that leaves them None
+    return_dict: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
     extra: dict = field(default_factory=dict, repr=False)  # unknown keys, round-tripped
 
     def __post_init__(self) -> None:
@@ -104,6 +111,8 @@ class PretrainedConfig:
         amap = type(self).attribute_map
         if name in amap:
             return getattr(self, amap[name])
+        if name in type(self).vocabulary:
+            return getattr(self, type(self).vocabulary[name])
         extra = self.__dict__.get("extra", {})
         if name in extra:
             return extra[name]
@@ -111,6 +120,7 @@ class PretrainedConfig:
 
     def __setattr__(self, name: str, value: Any) -> None:
         name = type(self).attribute_map.get(name, name)
+        name = type(self).vocabulary.get(name, name)
         if name in {f.name for f in dataclasses.fields(self)} or name.startswith("_"):
             object.__setattr__(self, name, value)
         else:
@@ -179,6 +189,24 @@ class PretrainedConfig:
     def num_heads(self) -> int:
         return self.num_attention_heads
 
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def cross_width(self) -> int:
+        """The width of the states cross-attention reads (the encoder's)."""
+        return self.cross_attention_hidden_size or self.hidden_size
+
+    @property
+    def position_limit(self) -> int:
+        """The longest input the position table covers."""
+        return self.num_positions
+
+    def attention_scale(self, layer_idx: int) -> float:
+        """The factor on attention scores in layer ``layer_idx``: 1 / sqrt(head width)."""
+        return 1.0 / math.sqrt(self.head_dim)
+
     def _check_heads(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
@@ -200,6 +228,14 @@ class BertConfig(PretrainedConfig):
     """BERT (``model_type="bert"``), post-LayerNorm transformer with learned positions."""
 
     model_type: ClassVar[str] = "bert"
+    vocabulary: ClassVar[dict[str, str]] = {
+        "norm_eps": "layer_norm_eps",
+        "hidden_dropout": "hidden_dropout_prob",
+        "attn_dropout": "attention_probs_dropout_prob",
+        "embed_dropout": "hidden_dropout_prob",
+        "act_name": "hidden_act",
+        "num_positions": "max_position_embeddings",
+    }
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -226,7 +262,9 @@ class BertConfig(PretrainedConfig):
                 "only 'absolute' is supported"
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"{self._owner()}: field 'hidden_act' is {self.hidden_act!r}, expected one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(
+                f"{self._owner()}: field 'hidden_act' is {self.hidden_act!r}, expected one of {sorted(ACTIVATIONS)}"
+            )
 
 
 @dataclass
@@ -240,6 +278,12 @@ class RobertaConfig(BertConfig):
     bos_token_id: int | None = 0
     eos_token_id: int | list | None = 2
 
+    @property
+    def position_limit(self) -> int:
+        # positions count from padding_idx + 1, so the first pad + 1 rows are never a real token's
+        pad = self.pad_token_id
+        return self.max_position_embeddings - (pad + 1 if pad is not None else 0)
+
 
 @dataclass
 class GPT2Config(PretrainedConfig):
@@ -251,6 +295,14 @@ class GPT2Config(PretrainedConfig):
         "max_position_embeddings": "n_positions",
         "num_attention_heads": "n_head",
         "num_hidden_layers": "n_layer",
+    }
+    vocabulary: ClassVar[dict[str, str]] = {
+        "norm_eps": "layer_norm_epsilon",
+        "hidden_dropout": "resid_pdrop",
+        "attn_dropout": "attn_pdrop",
+        "embed_dropout": "embd_pdrop",
+        "act_name": "activation_function",
+        "num_positions": "n_positions",
     }
 
     vocab_size: int = 50257
@@ -281,6 +333,12 @@ class GPT2Config(PretrainedConfig):
     def intermediate_size(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
+    def attention_scale(self, layer_idx: int) -> float:
+        scale = super().attention_scale(layer_idx) if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        return scale
+
     def validate(self) -> None:
         self._check_heads()
         if self.activation_function not in ACTIVATIONS:
@@ -293,23 +351,7 @@ class GPT2Config(PretrainedConfig):
 # Activation names HF uses -> meaning; each backend implements these two, nothing else.
 ACTIVATIONS = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 
-CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
-    c.model_type: c for c in (BertConfig, RobertaConfig, GPT2Config)
-}
-
-
-def with_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
-    """A copy of ``config`` with fields set from keyword arguments (``is_decoder=True``), validated again."""
-    if not overrides:
-        return config
-    config = config.copy()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    try:
-        config.__post_init__()
-    except ConfigError as e:
-        raise ConfigError(f"{e} (after applying {sorted(overrides)})") from None
-    return config
+CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {c.model_type: c for c in (BertConfig, RobertaConfig, GPT2Config)}
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> PretrainedConfig:

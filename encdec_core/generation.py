@@ -57,12 +57,30 @@ SPECIAL_TOKENS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad
 
 # HF keys that change decoding in ways encdec does not implement, with their neutral value.
 UNSUPPORTED = {
-    "num_beam_groups": 1, "diversity_penalty": 0.0, "penalty_alpha": None, "constraints": None,
-    "force_words_ids": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None,
-    "guidance_scale": None, "sequence_bias": None, "suppress_tokens": None, "begin_suppress_tokens": None,
-    "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "exponential_decay_length_penalty": None,
-    "renormalize_logits": False, "max_time": None, "stop_strings": None, "prompt_lookup_num_tokens": None,
-    "dola_layers": None, "watermarking_config": None, "low_memory": None, "top_h": None,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "penalty_alpha": None,
+    "constraints": None,
+    "force_words_ids": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": None,
+    "guidance_scale": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "exponential_decay_length_penalty": None,
+    "renormalize_logits": False,
+    "max_time": None,
+    "stop_strings": None,
+    "prompt_lookup_num_tokens": None,
+    "dola_layers": None,
+    "watermarking_config": None,
+    "low_memory": None,
+    "top_h": None,
 }
 
 
@@ -124,8 +142,11 @@ class GenerationConfig:
     def to_dict(self) -> dict[str, Any]:
         """What differs from HF's defaults, plus the kept keys (HF writes the same way)."""
         default = GenerationConfig()
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and getattr(self, f.name) != getattr(default, f.name)}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and getattr(self, f.name) != getattr(default, f.name)
+        }
         out.update(self.extra)
         return dict(sorted(out.items()))
 
@@ -142,12 +163,38 @@ class GenerationConfig:
         gen.extra["_from_model_config"] = True
         return gen
 
-    def update(self, **kwargs: Any) -> GenerationConfig:
-        """A copy with ``kwargs`` set; an unknown name is an error that lists the known ones."""
+    # What Transformers' Seq2SeqTrainer reads and writes on ``model.generation_config`` (HF's GenerationConfig API).
+    @property
+    def _from_model_config(self) -> bool:
+        return bool(self.extra.get("_from_model_config", False))
+
+    @_from_model_config.setter
+    def _from_model_config(self, value: bool) -> None:
+        self.extra["_from_model_config"] = bool(value)
+
+    @staticmethod
+    def _get_default_generation_params() -> dict[str, Any]:
+        """HF's defaults of the settings encdec decodes with."""
+        default = GenerationConfig()
+        return {f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.name != "extra"}
+
+    def update(self, defaults_only: bool = False, **kwargs: Any) -> GenerationConfig | dict[str, Any]:
+        """A copy with ``kwargs`` set; an unknown name is an error that lists the known ones.
+
+        ``defaults_only=True`` is HF's in-place form, as Transformers' Seq2SeqTrainer calls it:
+        each field that is None takes its value from ``kwargs``; the names not used are returned.
+        """
         names = {f.name for f in dataclasses.fields(self)} - {"extra"}
+        if defaults_only:
+            used = {k: v for k, v in kwargs.items() if k in names and getattr(self, k) is None}
+            for k, v in used.items():
+                setattr(self, k, _check_type("GenerationConfig", k, v, _hints()[k]))
+            return {k: v for k, v in kwargs.items() if k not in used}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise GenerationError(f"generate() got unknown argument(s) {unknown}; generation settings are {sorted(names)}")
+            raise GenerationError(
+                f"generate() got unknown argument(s) {unknown}; generation settings are {sorted(names)}"
+            )
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.update(kwargs)
         data["extra"] = dict(self.extra)
@@ -183,13 +230,22 @@ class GenerationPlan:
     def max_new_tokens(self) -> int:
         return self.max_length - self.prompt_length
 
+    @property
+    def rows_per_source(self) -> int:
+        """Decoder rows per source: the beams, the samples (num_return_sequences), or 1."""
+        if self.num_beams > 1:
+            return self.num_beams
+        return self.num_return_sequences if self.config.do_sample else 1
+
 
 def derived_tokens(gen: GenerationConfig) -> dict[str, Any]:
     """Snapshot of the special tokens of a config derived from the model config (else empty)."""
     return {k: getattr(gen, k) for k in SPECIAL_TOKENS} if gen.extra.get("_from_model_config") else {}
 
 
-def config_for_call(gen: GenerationConfig, model_config: Any, derived: dict[str, Any], overrides: dict[str, Any]) -> GenerationConfig:
+def config_for_call(
+    gen: GenerationConfig, model_config: Any, derived: dict[str, Any], overrides: dict[str, Any]
+) -> GenerationConfig:
     """The settings of one generate() call: ``gen`` + ``overrides``.
 
     A config derived from the model config follows later edits of the model config's special
@@ -225,8 +281,9 @@ def _as_ids(value: Any, name: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int,
-            max_positions: int | None = None) -> GenerationPlan:
+def resolve(
+    gen: GenerationConfig, *, prompt_length: int, vocab_size: int, max_positions: int | None = None
+) -> GenerationPlan:
     """Check ``gen`` for one call and work out its lengths, special tokens and strategy.
 
     ``max_positions``: the decoder's position-embedding count, which ``max_length`` must not exceed.
@@ -243,9 +300,13 @@ def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int,
     if pad is None and eos:
         pad = eos[0]
         logger.info("generate: pad_token_id is not set; finished rows are padded with eos_token_id %d", pad)
-    for name, ids in (("decoder_start_token_id", (start,)), ("eos_token_id", eos), ("pad_token_id", _as_ids(pad, "pad_token_id")),
-                      ("forced_bos_token_id", _as_ids(gen.forced_bos_token_id, "forced_bos_token_id")),
-                      ("forced_eos_token_id", _as_ids(gen.forced_eos_token_id, "forced_eos_token_id"))):
+    for name, ids in (
+        ("decoder_start_token_id", (start,)),
+        ("eos_token_id", eos),
+        ("pad_token_id", _as_ids(pad, "pad_token_id")),
+        ("forced_bos_token_id", _as_ids(gen.forced_bos_token_id, "forced_bos_token_id")),
+        ("forced_eos_token_id", _as_ids(gen.forced_eos_token_id, "forced_eos_token_id")),
+    ):
         bad = [i for i in ids if i >= vocab_size]
         if bad:
             raise GenerationError(f"{name}={bad[0]} is outside the decoder vocabulary [0, {vocab_size})")
@@ -268,8 +329,9 @@ def resolve(gen: GenerationConfig, *, prompt_length: int, vocab_size: int,
         _as_ids(words, "bad_words_ids")
     beams = gen.num_beams
     strategy = ("beam_sample" if gen.do_sample else "beam") if beams > 1 else ("sample" if gen.do_sample else "greedy")
-    return GenerationPlan(gen, strategy, start, eos, pad, prompt_length, max_length, min_length, beams,
-                          gen.num_return_sequences)
+    return GenerationPlan(
+        gen, strategy, start, eos, pad, prompt_length, max_length, min_length, beams, gen.num_return_sequences
+    )
 
 
 def _check_ranges(gen: GenerationConfig) -> None:
@@ -280,21 +342,63 @@ def _check_ranges(gen: GenerationConfig) -> None:
     need(gen.num_beams >= 1, f"num_beams must be >= 1, got {gen.num_beams}")
     need(gen.num_return_sequences >= 1, f"num_return_sequences must be >= 1, got {gen.num_return_sequences}")
     if gen.num_beams > 1:
-        need(gen.num_return_sequences <= gen.num_beams,
-             f"num_return_sequences={gen.num_return_sequences} must be <= num_beams={gen.num_beams}")
+        need(
+            gen.num_return_sequences <= gen.num_beams,
+            f"num_return_sequences={gen.num_return_sequences} must be <= num_beams={gen.num_beams}",
+        )
     elif not gen.do_sample:
-        need(gen.num_return_sequences == 1, "greedy search returns one sequence per row: num_return_sequences must be 1 "
-             f"(got {gen.num_return_sequences}); use num_beams or do_sample=True")
-    need(gen.early_stopping in (True, False, "never"), f"early_stopping must be True, False or 'never', got {gen.early_stopping!r}")
-    need(gen.max_new_tokens is None or gen.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {gen.max_new_tokens}")
+        need(
+            gen.num_return_sequences == 1,
+            "greedy search returns one sequence per row: num_return_sequences must be 1 "
+            f"(got {gen.num_return_sequences}); use num_beams or do_sample=True",
+        )
+    need(
+        gen.early_stopping in (True, False, "never"),
+        f"early_stopping must be True, False or 'never', got {gen.early_stopping!r}",
+    )
+    need(
+        gen.max_new_tokens is None or gen.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {gen.max_new_tokens}"
+    )
     need(gen.temperature > 0, f"temperature must be > 0, got {gen.temperature}")
     need(gen.top_k >= 0, f"top_k must be >= 0, got {gen.top_k}")
     need(0.0 < gen.top_p <= 1.0, f"top_p must be in (0, 1], got {gen.top_p}")
     need(gen.repetition_penalty > 0, f"repetition_penalty must be > 0, got {gen.repetition_penalty}")
     need(gen.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {gen.no_repeat_ngram_size}")
     bad = gen.bad_words_ids
-    need(bad is None or (isinstance(bad, list) and all(isinstance(w, list) and w for w in bad)),
-         f"bad_words_ids must be a list of non-empty lists of token ids, got {bad!r}")
+    need(
+        bad is None or (isinstance(bad, list) and all(isinstance(w, list) and w for w in bad)),
+        f"bad_words_ids must be a list of non-empty lists of token ids, got {bad!r}",
+    )
+
+
+def mask_pad_id(probe: GenerationPlan) -> int | None:
+    """The pad id a missing source ``attention_mask`` is inferred from (as HF), or None when the rule is off.
+
+    HF infers ``input_ids != pad_token_id`` when a pad id is set and is not also an EOS id.
+    """
+    return probe.pad_id if probe.pad_id is not None and probe.pad_id not in probe.eos_ids else None
+
+
+def prepend_start(first_tokens, start_id: int) -> bool:
+    """Whether a decoder prompt gets the start token first: unless every row (first_tokens, (B,)) begins with it."""
+    return not all(int(t) == start_id for t in first_tokens)
+
+
+class GenerationConfigMixin:
+    """The generation-config plumbing of the three wrappers (no tensors): ``set_generation_config`` and the
+    call's settings."""
+
+    def set_generation_config(self, gen: GenerationConfig) -> None:
+        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
+        self.generation_config = gen
+        self._derived_tokens = derived_tokens(gen)
+
+    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
+        gen = generation_config if generation_config is not None else self.generation_config
+        # Transformers' Seq2SeqTrainer passes the batch's labels and synced_gpus (ZeRO-3 / FSDP) to generate():
+        # neither changes what is decoded (HF's generate ignores labels too)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("labels", "synced_gpus")}
+        return config_for_call(gen, self.config, dict(getattr(self, "_derived_tokens", {})), kwargs)
 
 
 def bad_words_for(gen: GenerationConfig, eos_ids: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -302,5 +406,17 @@ def bad_words_for(gen: GenerationConfig, eos_ids: tuple[int, ...]) -> list[tuple
     return [tuple(w) for w in gen.bad_words_ids or [] if not (len(w) == 1 and w[0] in eos_ids)]
 
 
-__all__ = ["GenerationConfig", "GenerationPlan", "resolve", "bad_words_for", "config_for_call", "derived_tokens",
-           "start_token_id", "SPECIAL_TOKENS", "UNSUPPORTED"]
+__all__ = [
+    "GenerationConfig",
+    "GenerationPlan",
+    "resolve",
+    "bad_words_for",
+    "config_for_call",
+    "derived_tokens",
+    "start_token_id",
+    "SPECIAL_TOKENS",
+    "UNSUPPORTED",
+    "GenerationConfigMixin",
+    "mask_pad_id",
+    "prepend_start",
+]

@@ -26,15 +26,15 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from encdec_core.checkpoint import (
+from encdec_core.errors import CheckpointError
+from encdec_core.formats.atomic import check_interrupted
+from encdec_core.formats.shards import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
     PT_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
-    recover_interrupted,
 )
-from encdec_core.errors import CheckpointError
 
 # First try: configs + safetensors only, so a repo holding four formats costs one download.
 SAFETENSORS_PATTERNS = (CONFIG_NAME, GENERATION_CONFIG_NAME, "model*.safetensors", SAFE_WEIGHTS_INDEX_NAME)
@@ -111,9 +111,12 @@ def resolve_checkpoint(
     if not text.strip():  # Path("") is ".", which would silently load the working folder
         raise CheckpointError("name_or_path: expected a local folder or a Hub repo id, got an empty string")
     local = Path(text).expanduser()
-    recover_interrupted(local)  # a save killed mid-swap leaves the old folder aside
     try:
         exists = local.exists()
+        # Only looks: warns about an interrupted save's leftovers, raises if they replace the folder.
+        check_interrupted(local)
+    except CheckpointError:
+        raise
     except OSError:  # e.g. a name too long for the filesystem: not a local folder
         exists = False
     if exists:

@@ -19,8 +19,14 @@ from encdec_core.report import LoadingReport
 from encdec_core.tables import Param, Tie
 
 # Buffers that old checkpoints carry and that are recomputed, never loaded (HF drops them too).
-IGNORED_SUFFIXES = (".position_ids", ".token_type_ids", ".attn.bias", ".attn.masked_bias",
-                    ".crossattention.bias", ".crossattention.masked_bias")
+IGNORED_SUFFIXES = (
+    ".position_ids",
+    ".token_type_ids",
+    ".attn.bias",
+    ".attn.masked_bias",
+    ".crossattention.bias",
+    ".crossattention.masked_bias",
+)
 # Groups whose absence from a checkpoint is expected when warm-starting.
 EXPECTED_NEW_GROUPS = ("cross", "proj", "pooler")
 
@@ -65,7 +71,7 @@ def plan_load(
 
     def to_model(key: str) -> str:
         if strip and key.startswith(strip):
-            key = key[len(strip):]
+            key = key[len(strip) :]
         return add + key
 
     sources: dict[str, str] = {}
@@ -90,8 +96,11 @@ def plan_load(
 
     absent = [p for p in params if p.pt not in sources]
     head_present = any(p.group == "head" and p.pt in sources for p in params)
-    new = [p.pt for p in absent if p.pt not in bad and (
-        p.group in EXPECTED_NEW_GROUPS or (p.group == "head" and not head_present))]
+    new = [
+        p.pt
+        for p in absent
+        if p.pt not in bad and (p.group in EXPECTED_NEW_GROUPS or (p.group == "head" and not head_present))
+    ]
     missing = [p.pt for p in absent if p.pt not in bad and p.pt not in set(new)]
     report = LoadingReport(
         missing=missing,
@@ -104,4 +113,32 @@ def plan_load(
     return LoadPlan(sources=sources, report=report, init=[p.pt for p in absent])
 
 
-__all__ = ["LoadPlan", "plan_load", "IGNORED_SUFFIXES"]
+def differing_tied_copies(config, folder) -> list[str]:
+    """The ``tie_encoder_decoder`` weights whose two copies in the PyTorch weights of ``folder`` differ.
+
+    Transformers 4.57 stores one copy of a tied checkpoint; 5.x ignores the tie, loads a
+    random encoder and saves both. Different copies mean a writer that did not tie (its
+    outputs come from the two sides apart): the load must then keep both, not tie. TF and Flax
+    files are left to their loaders (Transformers' TF and Flax classes honour the tie).
+    """
+    import numpy as np
+
+    from encdec_core.errors import CheckpointError
+    from encdec_core.formats.canonical import open_source
+    from encdec_core.tables import tied_copies
+
+    ties = tied_copies(config)
+    if not ties:
+        return []
+    try:
+        with open_source(folder, accept=("pt", "bin")) as source:
+            return [
+                t.pt
+                for t in ties
+                if t.pt in source and t.source in source and not np.array_equal(source.get(t.pt), source.get(t.source))
+            ]
+    except CheckpointError:  # no PyTorch weights there
+        return []
+
+
+__all__ = ["LoadPlan", "plan_load", "IGNORED_SUFFIXES", "differing_tied_copies"]

@@ -1,40 +1,96 @@
 """Model outputs with HF's field names, shared by the three backends.
 
-An output behaves like HF's ``ModelOutput``: attribute access, ``out["logits"]``, ``out[0]``
-over the fields that are set (``None`` fields are skipped, as in HF), and ``to_tuple()``.
+An output behaves like HF's ``ModelOutput``: a ``dict`` of the fields that are set (``None``
+fields are left out) that is also a dataclass, so ``out.logits``, ``out["logits"]``,
+``"loss" in out``, ``keys()`` / ``values()`` / ``items()`` / ``get()``, iteration over the
+keys, ``out[0]`` and ``to_tuple()`` over the set fields, in field order, all work as in HF.
+Being a real ``dict`` matters to code written for HF: Transformers' Trainer reads
+``outputs["loss"]`` when ``isinstance(outputs, dict)`` and drops ``ignore_keys`` by name.
+
+>>> out = Seq2SeqLMOutput(logits=[[0.5]])
+>>> "loss" in out, list(out.keys()), out[0] is out.logits, out.get("loss", "none")
+(False, ['logits'], True, 'none')
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from encdec_core.errors import InputError
 
-@dataclass
-class ModelOutput:
-    def _items(self) -> list[tuple[str, Any]]:
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+def _is_pair_list(value: Any, names: set[str]) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(p, tuple) and len(p) == 2 and p[0] in names for p in value)
+    )
+
+
+class ModelOutput(dict):
+    """Base of every output: a dataclass whose set fields are also its ``dict`` items."""
+
+    def __post_init__(self) -> None:
+        fields = dataclasses.fields(self)
+        names = {f.name for f in fields}
+        first = getattr(self, fields[0].name)
+        rest_unset = all(getattr(self, f.name) is None for f in fields[1:])
+        # tf.nest and keras.tree rebuild a Mapping as ``type(m)((key, value) for key in m)``:
+        # such a call puts an iterator of pairs into the first field (HF's ModelOutput accepts it too)
+        if rest_unset and (isinstance(first, (dict, Iterator)) or _is_pair_list(first, names)):
+            pairs = list(first.items() if isinstance(first, dict) else first)
+            if all(isinstance(p, tuple) and len(p) == 2 and p[0] in names for p in pairs):
+                object.__setattr__(self, fields[0].name, None)
+                for key, value in pairs:
+                    object.__setattr__(self, key, value)
+        self._sync()
+
+    def _sync(self) -> None:
+        """The dict items: the fields that are not None, in field order (as ``to_tuple``)."""
+        dict.clear(self)
+        for f in dataclasses.fields(self):
+            value = self.__dict__.get(f.name)
+            if value is not None:
+                dict.__setitem__(self, f.name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in self.__dataclass_fields__:
+            self._sync()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(
+                f"{type(self).__name__} has no field {key!r}; expected one of {list(self.__dataclass_fields__)}"
+            )
+        setattr(self, key, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            return dict(self._items())[key]
+            return dict.__getitem__(self, key)
         return self.to_tuple()[key]
 
-    def __iter__(self):
-        return iter(self.to_tuple())
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            f"{type(self).__name__} fields are set by attribute or item assignment; "
+            "they cannot be removed, popped or updated in bulk (as in HF's ModelOutput)"
+        )
 
-    def __len__(self) -> int:
-        return len(self._items())
+    __delitem__ = pop = popitem = setdefault = update = clear = _refuse
 
-    def keys(self) -> list[str]:
-        return [k for k, _ in self._items()]
+    def __reduce__(self):
+        # pickling / deepcopy rebuild from the field values (the dict items follow from them)
+        return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
     def to_tuple(self) -> tuple:
-        return tuple(v for _, v in self._items())
+        """The set fields' values, in field order (``None`` fields skipped, as in HF)."""
+        return tuple(dict.values(self))
 
 
-@dataclass
+@dataclass(eq=False)  # no generated __eq__: tensor fields have no truth value
 class BaseModelOutput(ModelOutput):
     """An encoder's (or decoder base model's) outputs."""
 
@@ -46,7 +102,7 @@ class BaseModelOutput(ModelOutput):
     cross_attentions: Any = None  # tuple of n_layers (B, H, T, S)
 
 
-@dataclass
+@dataclass(eq=False)  # no generated __eq__: tensor fields have no truth value
 class CausalLMOutput(ModelOutput):
     """A causal LM's outputs (HF ``CausalLMOutputWithCrossAttentions``)."""
 
@@ -58,7 +114,7 @@ class CausalLMOutput(ModelOutput):
     cross_attentions: Any = None
 
 
-@dataclass
+@dataclass(eq=False)  # no generated __eq__: tensor fields have no truth value
 class Seq2SeqLMOutput(ModelOutput):
     """The encoder-decoder's outputs (HF ``Seq2SeqLMOutput``)."""
 
@@ -73,9 +129,13 @@ class Seq2SeqLMOutput(ModelOutput):
     encoder_attentions: Any = None
 
 
-@dataclass
+@dataclass(eq=False)  # no generated __eq__: tensor fields have no truth value
 class GenerateOutput(ModelOutput):
-    """``generate(..., return_dict_in_generate=True)`` (HF ``GenerateEncoderDecoderOutput`` / ``...BeamEncoderDecoderOutput``)."""
+    """What ``generate`` returns as an output object (HF ``GenerateEncoderDecoderOutput`` / ``...BeamEncoderDecoderOutput``).
+
+    PyTorch and TF return it with ``return_dict_in_generate=True`` (else the ids), Flax always
+    (as HF's ``FlaxGreedySearchOutput`` / ``FlaxBeamSearchOutput``: read ``.sequences``).
+    """
 
     sequences: Any = None  # (B * num_return_sequences, T) token ids, decoder start first
     scores: Any = None  # with output_scores: tuple per step of (rows, V) processed scores
@@ -83,4 +143,65 @@ class GenerateOutput(ModelOutput):
     beam_indices: Any = None  # beam search: (B * num_return_sequences, T - prompt) row chosen at each step, -1 after
 
 
-__all__ = ["ModelOutput", "BaseModelOutput", "CausalLMOutput", "Seq2SeqLMOutput", "GenerateOutput"]
+# ------------------------------------------------------------------ building outputs (the three wrappers)
+def as_encoder_output(encoder_outputs: Any) -> Any:
+    """``encoder_outputs`` as a :class:`BaseModelOutput`; HF's tuple order is (last_hidden_state, hidden_states, attentions)."""
+    if isinstance(encoder_outputs, (tuple, list)):
+        t = list(encoder_outputs) + [None, None]
+        return BaseModelOutput(last_hidden_state=t[0], hidden_states=t[1], attentions=t[2])
+    return encoder_outputs
+
+
+def encoder_states(encoder_outputs: Any) -> Any:
+    """The (B, S, D_enc) states of ``encoder_outputs``: an output object, HF's tuple, or the array itself."""
+    if encoder_outputs is None or hasattr(encoder_outputs, "shape"):
+        return encoder_outputs
+    if isinstance(encoder_outputs, BaseModelOutput):
+        return encoder_outputs.last_hidden_state
+    if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
+        return encoder_outputs[0]
+    raise InputError(
+        f"encoder_outputs expected the output of encode(), a tuple or an array, got {type(encoder_outputs).__name__}"
+    )
+
+
+def seq2seq_output(loss: Any, decoder: Any, encoder: Any, past_key_values: Any = None) -> Seq2SeqLMOutput:
+    """The wrapper's output from the decoder's and the encoder's (HF's field names)."""
+    encoder = encoder if encoder is not None else BaseModelOutput()
+    return Seq2SeqLMOutput(
+        loss=loss,
+        logits=decoder.logits,
+        past_key_values=past_key_values if past_key_values is not None else decoder.past_key_values,
+        decoder_hidden_states=decoder.hidden_states,
+        decoder_attentions=decoder.attentions,
+        cross_attentions=decoder.cross_attentions,
+        encoder_last_hidden_state=encoder.last_hidden_state,
+        encoder_hidden_states=encoder.hidden_states,
+        encoder_attentions=encoder.attentions,
+    )
+
+
+def causal_lm_output(base: Any, logits: Any, loss: Any, return_dict: bool | None) -> Any:
+    """A causal LM's output from its base model's, its logits (B,T,V) and its loss (or None)."""
+    out = CausalLMOutput(
+        loss=loss,
+        logits=logits,
+        past_key_values=base.past_key_values,
+        hidden_states=base.hidden_states,
+        attentions=base.attentions,
+        cross_attentions=base.cross_attentions,
+    )
+    return out if return_dict is None or return_dict else out.to_tuple()
+
+
+__all__ = [
+    "ModelOutput",
+    "BaseModelOutput",
+    "CausalLMOutput",
+    "Seq2SeqLMOutput",
+    "GenerateOutput",
+    "as_encoder_output",
+    "encoder_states",
+    "seq2seq_output",
+    "causal_lm_output",
+]

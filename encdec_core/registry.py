@@ -37,8 +37,7 @@ def model_class(backend: str, config: PretrainedConfig, role: str) -> type:
         usable = sorted(mt for (b, mt, r) in _MODELS if b == backend and r == role)
         what = "an encoder" if role == "encoder" else "a decoder with cross-attention"
         raise ConfigError(
-            f"model_type {config.model_type!r} cannot be used as {what} in backend {backend!r}; "
-            f"supported: {usable}"
+            f"model_type {config.model_type!r} cannot be used as {what} in backend {backend!r}; supported: {usable}"
         )
     return _MODELS[key]
 

@@ -69,6 +69,9 @@ class LoadingReport:
     mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)  # key, expected, got
     tied: list[str] = field(default_factory=list)  # filled by tying to another weight
     source: str = ""  # the file or folder loaded
+    # tie_encoder_decoder not honoured: these encoder weights' copies in the checkpoint differ from
+    # the decoder's (a writer that ignores the tie, e.g. Transformers 5), so each side kept its own
+    untied: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -96,6 +99,14 @@ class LoadingReport:
         ]
         if self.tied:
             parts.append(f"{len(self.tied)} tied")
+        if self.untied:
+            parts.append(
+                part(
+                    "untied (tie_encoder_decoder not honoured: the checkpoint's encoder and decoder "
+                    "copies differ; each side loaded its own)",
+                    self.untied,
+                )
+            )
         return f"{self.source or 'checkpoint'}: " + ("; ".join(parts) or "all weights loaded")
 
     def __str__(self) -> str:
@@ -103,7 +114,7 @@ class LoadingReport:
 
     def log(self, logger: logging.Logger) -> None:
         """Emit the summary as ONE line: a warning if anything is wrong, else info."""
-        logger.log(logging.INFO if self.ok else logging.WARNING, "%s", self.summary())
+        logger.log(logging.INFO if self.ok and not self.untied else logging.WARNING, "%s", self.summary())
 
     def raise_if(self, strict: bool) -> None:
         """In strict mode, raise one error listing every missing, unexpected, mismatched key.
@@ -141,6 +152,7 @@ class LoadingReport:
             mismatched=list(self.mismatched),
             tied=[prefix + k for k in self.tied],
             source=self.source,
+            untied=[prefix + k for k in self.untied],
         )
 
     @classmethod
@@ -155,6 +167,7 @@ class LoadingReport:
             mismatched=[m for r in reports for m in r.mismatched],
             tied=[k for r in reports for k in r.tied],
             source=" + ".join(sources),
+            untied=[k for r in reports for k in r.untied],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +179,7 @@ class LoadingReport:
             "expected_new": list(self.expected_new),
             "mismatched": [[k, list(_shape(e)), list(_shape(g))] for k, e, g in self.mismatched],
             "tied": list(self.tied),
+            "untied": list(self.untied),
         }
 
 

@@ -44,16 +44,58 @@ def default_decoder_attention_mask(decoder_input_ids, pad_token_id: int):
     return decoder_input_ids != pad_token_id
 
 
-def split_prefixed_kwargs(kwargs: dict, prefix: str, other_prefix: str | None = None, *, default: str = "") -> tuple[dict, dict]:
+def decoder_inputs_from_labels(
+    labels,
+    decoder_input_ids,
+    decoder_attention_mask,
+    pad_token_id: Any,
+    decoder_start_token_id: Any,
+    *,
+    xp=np,
+    has_embeds: bool = False,
+):
+    """The loss rule's inputs: -> (decoder_input_ids, decoder_attention_mask).
+
+    With ``labels`` and no decoder inputs (ids or embeddings), the ids are the labels shifted
+    right and, without a decoder mask, the mask is ``ids != pad_token_id``; otherwise both
+    come back as given. Never shift twice.
+
+    >>> ids, mask = decoder_inputs_from_labels(np.array([[5, 0, -100]]), None, None, 0, 2)
+    >>> ids.tolist(), mask.tolist()
+    ([[2, 5, 0]], [[True, True, False]])
+    """
+    if labels is None or decoder_input_ids is not None or has_embeds:
+        return decoder_input_ids, decoder_attention_mask
+    decoder_input_ids = shift_tokens_right(labels, pad_token_id, decoder_start_token_id, xp=xp)
+    if decoder_attention_mask is None:
+        decoder_attention_mask = default_decoder_attention_mask(decoder_input_ids, pad_token_id)
+    return decoder_input_ids, decoder_attention_mask
+
+
+def check_label_array(labels, vocab_size: int) -> None:
+    """Integer labels in [0, vocab_size) or -100, on host values (a numpy array)."""
+    values = np.asarray(labels)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"labels must hold integer token ids, got dtype {values.dtype}")
+    kept = values[values != IGNORE_INDEX]
+    if kept.size:
+        from encdec_core.validation import check_label_values  # validation imports this module
+
+        check_label_values(int(kept.min()), int(kept.max()), vocab_size)
+
+
+def split_prefixed_kwargs(
+    kwargs: dict, prefix: str, other_prefix: str | None = None, *, default: str = ""
+) -> tuple[dict, dict]:
     """Split ``decoder_x=...`` from the rest: (other kwargs, prefix-stripped kwargs).
 
     With ``other_prefix`` the first dict keeps only keys with that prefix (stripped).
     """
-    mine = {k[len(prefix):]: v for k, v in kwargs.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in kwargs.items() if k.startswith(prefix)}
     if other_prefix is None:
         rest = {k: v for k, v in kwargs.items() if not k.startswith(prefix)}
     else:
-        rest = {k[len(other_prefix):]: v for k, v in kwargs.items() if k.startswith(other_prefix)}
+        rest = {k[len(other_prefix) :]: v for k, v in kwargs.items() if k.startswith(other_prefix)}
     return rest, mine
 
 
@@ -62,5 +104,7 @@ __all__ = [
     "check_special_tokens",
     "shift_tokens_right",
     "default_decoder_attention_mask",
+    "decoder_inputs_from_labels",
+    "check_label_array",
     "split_prefixed_kwargs",
 ]

@@ -57,9 +57,18 @@ def apply_op(name: str, array: np.ndarray, *, inverse: bool = False) -> np.ndarr
 
 # kind -> [(pt leaf, tf leaf, flax leaf, op PT->TF, op PT->Flax)]
 KINDS: dict[str, list[tuple[str, str, str, str, str]]] = {
-    "linear": [("weight", "kernel", "kernel", "transpose", "transpose"), ("bias", "bias", "bias", "identity", "identity")],
-    "conv1d": [("weight", "weight", "kernel", "identity", "transpose"), ("bias", "bias", "bias", "add_axis0", "identity")],
-    "layernorm": [("weight", "gamma", "scale", "identity", "identity"), ("bias", "beta", "bias", "identity", "identity")],
+    "linear": [
+        ("weight", "kernel", "kernel", "transpose", "transpose"),
+        ("bias", "bias", "bias", "identity", "identity"),
+    ],
+    "conv1d": [
+        ("weight", "weight", "kernel", "identity", "transpose"),
+        ("bias", "bias", "bias", "add_axis0", "identity"),
+    ],
+    "layernorm": [
+        ("weight", "gamma", "scale", "identity", "identity"),
+        ("bias", "beta", "bias", "identity", "identity"),
+    ],
     "embedding": [("weight", "embeddings", "embedding", "identity", "identity")],
     # BERT's TF word embedding is a bare variable named "weight"
     "embedding_w": [("weight", "weight", "embedding", "identity", "identity")],
@@ -67,6 +76,17 @@ KINDS: dict[str, list[tuple[str, str, str, str, str]]] = {
     "param": [("", "", "", "identity", "identity")],
     # an LM output projection kept apart from the embeddings (tie_word_embeddings=false)
     "linear_nobias": [("weight", "kernel", "kernel", "transpose", "transpose")],
+}
+# Which of a row's ``dims`` size each leaf of its kind, in PT layout (as KINDS lists the leaves):
+# a linear weight is (out, in), its bias (out,); a GPT-2 Conv1D weight is (in, out).
+LEAF_DIMS: dict[str, list[tuple[int, ...]]] = {
+    "linear": [(0, 1), (0,)],
+    "conv1d": [(0, 1), (1,)],
+    "layernorm": [(0,), (0,)],
+    "embedding": [(0, 1)],
+    "embedding_w": [(0, 1)],
+    "param": [(0,)],
+    "linear_nobias": [(0, 1)],
 }
 
 
@@ -79,6 +99,10 @@ class Row:
     tf: str | None = None
     flax: str | None = None
     group: str = "base"  # base | cross | pooler | head | proj: decides what is expected new
+    # config sizes giving the row's PT shape, by the configs' vocabulary ("vocab_size", "hidden_size"):
+    # (out, in) for linear, (in, out) for conv1d, (rows, width) for embeddings, (n,) for norms and params.
+    # Rows without them (attention projections, whose widths depend on the pairing) are not pre-checked.
+    dims: tuple[str, ...] = ()
 
     def tf_path(self) -> str:
         if self.tf is not None:
@@ -99,6 +123,7 @@ class Param:
     tf_op: str  # op turning the PT array into the TF one
     flax_op: str  # op turning the PT array into the Flax one
     group: str
+    dims: tuple[str, ...] = ()  # config sizes giving the PT shape (see Row.dims); () if not declared
 
 
 @dataclass(frozen=True)
@@ -120,10 +145,11 @@ def expand(rows: list[Row], n_layers: int, prefixes: tuple[str, str, str] = ("",
     for row in rows:
         layers = range(n_layers) if "{i}" in row.pt else [None]
         for i in layers:
+
             def fmt(s: str, i=i) -> str:
                 return s if i is None else s.replace("{i}", str(i))
 
-            for pt_leaf, tf_leaf, fx_leaf, tf_op, fx_op in KINDS[row.kind]:
+            for leaf, (pt_leaf, tf_leaf, fx_leaf, tf_op, fx_op) in enumerate(KINDS[row.kind]):
                 out.append(
                     Param(
                         pt=_join(_join(prefixes[0], fmt(row.pt), "."), pt_leaf, "."),
@@ -132,6 +158,7 @@ def expand(rows: list[Row], n_layers: int, prefixes: tuple[str, str, str] = ("",
                         tf_op=tf_op,
                         flax_op=fx_op,
                         group=row.group,
+                        dims=tuple(row.dims[j] for j in LEAF_DIMS[row.kind][leaf]) if row.dims else (),
                     )
                 )
     return out
@@ -139,10 +166,10 @@ def expand(rows: list[Row], n_layers: int, prefixes: tuple[str, str, str] = ("",
 
 # ---------------------------------------------------------------------------- BERT / RoBERTa
 BERT_EMBEDDINGS = [
-    Row("embeddings.word_embeddings", "embedding_w"),
-    Row("embeddings.position_embeddings", "embedding"),
-    Row("embeddings.token_type_embeddings", "embedding"),
-    Row("embeddings.LayerNorm", "layernorm"),
+    Row("embeddings.word_embeddings", "embedding_w", dims=("vocab_size", "hidden_size")),
+    Row("embeddings.position_embeddings", "embedding", dims=("num_positions", "hidden_size")),
+    Row("embeddings.token_type_embeddings", "embedding", dims=("type_vocab_size", "hidden_size")),
+    Row("embeddings.LayerNorm", "layernorm", dims=("hidden_size",)),
 ]
 
 
@@ -153,41 +180,46 @@ def _bert_attention(name: str, group: str) -> list[Row]:
         Row(f"{base}.self.key", "linear", group=group),
         Row(f"{base}.self.value", "linear", group=group),
         Row(f"{base}.output.dense", "linear", group=group),
-        Row(f"{base}.output.LayerNorm", "layernorm", group=group),
+        Row(f"{base}.output.LayerNorm", "layernorm", group=group, dims=("hidden_size",)),
     ]
 
 
 BERT_LAYER = _bert_attention("attention", "base") + [
-    Row("encoder.layer.{i}.intermediate.dense", "linear"),
-    Row("encoder.layer.{i}.output.dense", "linear"),
-    Row("encoder.layer.{i}.output.LayerNorm", "layernorm"),
+    Row("encoder.layer.{i}.intermediate.dense", "linear", dims=("intermediate_size", "hidden_size")),
+    Row("encoder.layer.{i}.output.dense", "linear", dims=("hidden_size", "intermediate_size")),
+    Row("encoder.layer.{i}.output.LayerNorm", "layernorm", dims=("hidden_size",)),
 ]
 BERT_CROSS = _bert_attention("crossattention", "cross")
-BERT_POOLER = [Row("pooler.dense", "linear", group="pooler")]
+BERT_POOLER = [Row("pooler.dense", "linear", group="pooler", dims=("hidden_size", "hidden_size"))]
 BERT_LM_HEAD = [
     Row("cls.predictions.transform.dense", "linear", tf="mlm___cls/predictions/transform/dense", group="head"),
-    Row("cls.predictions.transform.LayerNorm", "layernorm", tf="mlm___cls/predictions/transform/LayerNorm", group="head"),
-    Row("cls.predictions.bias", "param", tf="mlm___cls/predictions/bias", group="head"),
+    Row(
+        "cls.predictions.transform.LayerNorm", "layernorm", tf="mlm___cls/predictions/transform/LayerNorm", group="head"
+    ),
+    Row("cls.predictions.bias", "param", tf="mlm___cls/predictions/bias", group="head", dims=("vocab_size",)),
 ]
 ROBERTA_LM_HEAD = [
     Row("lm_head.dense", "linear", group="head"),
     Row("lm_head.layer_norm", "layernorm", group="head"),
-    Row("lm_head.bias", "param", group="head"),
+    Row("lm_head.bias", "param", group="head", dims=("vocab_size",)),
 ]
 
 # -------------------------------------------------------------------------------------- GPT-2
-GPT2_EMBEDDINGS = [Row("wte", "embedding"), Row("wpe", "embedding")]
-GPT2_LAYER = [
-    Row("h.{i}.ln_1", "layernorm"),
-    Row("h.{i}.attn.c_attn", "conv1d"),
-    Row("h.{i}.attn.c_proj", "conv1d"),
-    Row("h.{i}.ln_2", "layernorm"),
-    Row("h.{i}.mlp.c_fc", "conv1d"),
-    Row("h.{i}.mlp.c_proj", "conv1d"),
+GPT2_EMBEDDINGS = [
+    Row("wte", "embedding", dims=("vocab_size", "hidden_size")),
+    Row("wpe", "embedding", dims=("num_positions", "hidden_size")),
 ]
-GPT2_FINAL = [Row("ln_f", "layernorm")]
+GPT2_LAYER = [
+    Row("h.{i}.ln_1", "layernorm", dims=("hidden_size",)),
+    Row("h.{i}.attn.c_attn", "conv1d"),
+    Row("h.{i}.attn.c_proj", "conv1d", dims=("hidden_size", "hidden_size")),
+    Row("h.{i}.ln_2", "layernorm", dims=("hidden_size",)),
+    Row("h.{i}.mlp.c_fc", "conv1d", dims=("hidden_size", "intermediate_size")),
+    Row("h.{i}.mlp.c_proj", "conv1d", dims=("intermediate_size", "hidden_size")),
+]
+GPT2_FINAL = [Row("ln_f", "layernorm", dims=("hidden_size",))]
 GPT2_CROSS = [
-    Row("h.{i}.ln_cross_attn", "layernorm", group="cross"),
+    Row("h.{i}.ln_cross_attn", "layernorm", group="cross", dims=("hidden_size",)),
     Row("h.{i}.crossattention.q_attn", "conv1d", group="cross"),
     Row("h.{i}.crossattention.c_attn", "conv1d", group="cross"),
     Row("h.{i}.crossattention.c_proj", "conv1d", group="cross"),
@@ -219,20 +251,38 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(
-        "bert", BERT_EMBEDDINGS, BERT_LAYER, BERT_CROSS, BERT_POOLER, BERT_LM_HEAD,
-        base_prefix=("bert", "bert", "bert"), encoder_prefix=("", "bert", ""),
+        "bert",
+        BERT_EMBEDDINGS,
+        BERT_LAYER,
+        BERT_CROSS,
+        BERT_POOLER,
+        BERT_LM_HEAD,
+        base_prefix=("bert", "bert", "bert"),
+        encoder_prefix=("", "bert", ""),
         output_weight=("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
         output_bias=("cls.predictions.decoder.bias", "cls.predictions.bias"),
     ),
     "roberta": Architecture(
-        "roberta", BERT_EMBEDDINGS, BERT_LAYER, BERT_CROSS, BERT_POOLER, ROBERTA_LM_HEAD,
-        base_prefix=("roberta", "roberta", "roberta"), encoder_prefix=("", "roberta", ""),
+        "roberta",
+        BERT_EMBEDDINGS,
+        BERT_LAYER,
+        BERT_CROSS,
+        BERT_POOLER,
+        ROBERTA_LM_HEAD,
+        base_prefix=("roberta", "roberta", "roberta"),
+        encoder_prefix=("", "roberta", ""),
         output_weight=("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
         output_bias=("lm_head.decoder.bias", "lm_head.bias"),
     ),
     "gpt2": Architecture(
-        "gpt2", GPT2_EMBEDDINGS, GPT2_LAYER, GPT2_CROSS, [], [],
-        base_prefix=("transformer", "transformer", "transformer"), encoder_prefix=("", "transformer", ""),
+        "gpt2",
+        GPT2_EMBEDDINGS,
+        GPT2_LAYER,
+        GPT2_CROSS,
+        [],
+        [],
+        base_prefix=("transformer", "transformer", "transformer"),
+        encoder_prefix=("", "transformer", ""),
         output_weight=("lm_head.weight", "transformer.wte.weight"),
         output_bias=None,
         final=tuple(GPT2_FINAL),
@@ -244,7 +294,9 @@ def architecture(model_type: str) -> Architecture:
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
-        raise ConfigError(f"model_type {model_type!r} has no weight table; expected one of {sorted(ARCHITECTURES)}") from None
+        raise ConfigError(
+            f"model_type {model_type!r} has no weight table; expected one of {sorted(ARCHITECTURES)}"
+        ) from None
 
 
 def model_table(config: PretrainedConfig, role: str, *, add_pooling_layer: bool = True) -> list[Param]:
@@ -261,7 +313,9 @@ def model_table(config: PretrainedConfig, role: str, *, add_pooling_layer: bool 
         return expand(rows, config.num_hidden_layers, arch.encoder_prefix)
     if role != "decoder":
         raise ValueError(f"role must be 'encoder' or 'decoder', got {role!r}")
-    return expand(rows, config.num_hidden_layers, arch.base_prefix) + expand(list(arch.head), 0) + untied_head_rows(config)
+    return (
+        expand(rows, config.num_hidden_layers, arch.base_prefix) + expand(list(arch.head), 0) + untied_head_rows(config)
+    )
 
 
 def model_ties(config: PretrainedConfig, role: str) -> list[Tie]:
@@ -280,13 +334,13 @@ def untied_head_rows(config: PretrainedConfig) -> list[Param]:
     if config.tie_word_embeddings:
         return []
     name = architecture(config.model_type).output_weight[0].removesuffix(".weight")
-    return expand([Row(name, "linear_nobias", group="head")], 0)
+    return expand([Row(name, "linear_nobias", group="head", dims=("vocab_size", "hidden_size"))], 0)
 
 
 def prefixed(params: list[Param], pt: str, tf: str, flax: str) -> list[Param]:
     """Place a sub-model's params under a parent (``encoder.`` / ``encoder/`` / ``encoder/``)."""
     return [
-        Param(_join(pt, p.pt, "."), _join(tf, p.tf, "/"), _join(flax, p.flax, "/"), p.tf_op, p.flax_op, p.group)
+        Param(_join(pt, p.pt, "."), _join(tf, p.tf, "/"), _join(flax, p.flax, "/"), p.tf_op, p.flax_op, p.group, p.dims)
         for p in params
     ]
 
@@ -315,11 +369,31 @@ def encoder_decoder_ties(config) -> list[Tie]:
         return ties
     base = architecture(config.decoder.model_type).base_prefix[0] + "."
     enc_names = {p.pt for p in model_table(config.encoder, "encoder")}
-    shared = [p.pt for p in model_table(config.decoder, "decoder") if p.pt.startswith(base) and p.pt[len(base):] in enc_names]
+    shared = [
+        p.pt for p in model_table(config.decoder, "decoder") if p.pt.startswith(base) and p.pt[len(base) :] in enc_names
+    ]
     # HF stores the decoder's names and drops the encoder's, so the encoder side is the tie
-    ties += [Tie(f"encoder.{n[len(base):]}", f"decoder.{n}", "tie_encoder_decoder") for n in shared]
+    ties += [Tie(f"encoder.{n[len(base) :]}", f"decoder.{n}", "tie_encoder_decoder") for n in shared]
     # the LM output matrix follows the decoder embeddings, which are now the encoder's
     return [Tie(t.pt, _resolve(t.source, ties), t.flag) for t in ties]
+
+
+def tied_copies(config) -> list[Tie]:
+    """The ``tie_encoder_decoder`` ties whose encoder side a checkpoint stores as well (both copies).
+
+    Transformers 4.57 writes the decoder's copy only; 5.x ignores the flag, so from a one-copy
+    checkpoint it builds a random encoder. Writing both copies serves both: 4.57 loads them and
+    ties the encoder to the decoder's, 5.x loads each into its own module (the same numbers).
+    """
+    if not getattr(config, "tie_encoder_decoder", False) or getattr(config, "decoder", None) is None:
+        return []
+    return [t for t in encoder_decoder_ties(config) if t.flag == "tie_encoder_decoder"]
+
+
+def with_tied_copies(config, arrays: dict) -> dict:
+    """``arrays`` (canonical name -> array of the stored weights) plus the encoder copies of :func:`tied_copies`."""
+    copies = {t.pt: arrays[t.source] for t in tied_copies(config) if t.source in arrays}
+    return {**arrays, **copies} if copies else arrays
 
 
 def _resolve(name: str, ties: list[Tie]) -> str:
@@ -333,8 +407,7 @@ def _resolve(name: str, ties: list[Tie]) -> str:
 def needs_projection(config) -> bool:
     """``enc_to_dec_proj`` exists when widths differ and the decoder does not declare the encoder's."""
     return (
-        config.encoder.hidden_size != config.decoder.hidden_size
-        and config.decoder.cross_attention_hidden_size is None
+        config.encoder.hidden_size != config.decoder.hidden_size and config.decoder.cross_attention_hidden_size is None
     )
 
 
@@ -356,4 +429,6 @@ __all__ = [
     "encoder_decoder_table",
     "encoder_decoder_ties",
     "needs_projection",
+    "tied_copies",
+    "with_tied_copies",
 ]

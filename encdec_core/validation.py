@@ -23,12 +23,7 @@ Shape = Sequence[int] | None
 
 def max_positions(config: Any) -> int | None:
     """The longest sequence a model's position embeddings cover (RoBERTa's start after padding_idx)."""
-    if config is None:
-        return None
-    if config.model_type == "gpt2":
-        return config.n_positions
-    n = config.max_position_embeddings
-    return n - config.pad_token_id - 1 if config.model_type == "roberta" and config.pad_token_id is not None else n
+    return None if config is None else config.position_limit
 
 
 def _two_d(name: str, shape: Shape) -> tuple[int, int] | None:
@@ -49,9 +44,17 @@ def _same(name: str, shape: Shape, like_name: str, like: tuple[int, int] | None)
         raise InputError(f"{name} has shape {tuple(shape)}, expected {like} (the shape of {like_name})")
 
 
-def check_batch(encoder_config: Any, decoder_config: Any, *, input_ids: Shape = None, attention_mask: Shape = None,
-                encoder_states: Shape = None, decoder_input_ids: Shape = None, decoder_attention_mask: Shape = None,
-                labels: Shape = None) -> None:
+def check_batch(
+    encoder_config: Any,
+    decoder_config: Any,
+    *,
+    input_ids: Shape = None,
+    attention_mask: Shape = None,
+    encoder_states: Shape = None,
+    decoder_input_ids: Shape = None,
+    decoder_attention_mask: Shape = None,
+    labels: Shape = None,
+) -> None:
     """Shapes agree (batch sizes, masks = ids) and lengths fit the position embeddings."""
     src = _two_d("input_ids", input_ids)
     if src is None and encoder_states is not None:
@@ -65,12 +68,16 @@ def check_batch(encoder_config: Any, decoder_config: Any, *, input_ids: Shape = 
     for name, shape in (("decoder_input_ids", dec), ("labels", lab)):
         if src is not None and shape is not None and shape[0] != src[0]:
             raise InputError(f"{name} has batch size {shape[0]}, but the source batch has {src[0]} rows")
-    for name, shape, config in (("input_ids", src if input_ids is not None else None, encoder_config),
-                                ("decoder_input_ids" if dec else "labels", dec or lab, decoder_config)):
+    for name, shape, config in (
+        ("input_ids", src if input_ids is not None else None, encoder_config),
+        ("decoder_input_ids" if dec else "labels", dec or lab, decoder_config),
+    ):
         limit = max_positions(config)
         if shape is not None and limit is not None and shape[1] > limit:
-            raise InputError(f"{name} has length {shape[1]}, longer than the {limit} positions the "
-                             f"{config.model_type} model was trained with (max_position_embeddings / n_positions)")
+            raise InputError(
+                f"{name} has length {shape[1]}, longer than the {limit} positions the "
+                f"{config.model_type} model was trained with (max_position_embeddings / n_positions)"
+            )
 
 
 def check_label_values(low: int | None, high: int | None, vocab_size: int) -> None:

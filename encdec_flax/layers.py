@@ -17,7 +17,6 @@ in ``dtype`` with the parameters kept as stored (float32 by default).
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-from encdec_core.configs import ACTIVATIONS, GPT2Config, PretrainedConfig
+from encdec_core.configs import ACTIVATIONS, PretrainedConfig
 
 Dtype = Any
 NEG = float(jnp.finfo(jnp.float32).min)  # additive mask value: finite, so an all-masked row stays uniform, not NaN
@@ -38,20 +37,9 @@ def activation(name: str):
     return partial(nn.gelu, approximate=ACTIVATIONS[name] == "tanh")
 
 
-def layer_norm_eps(config: PretrainedConfig) -> float:
-    return config.layer_norm_epsilon if isinstance(config, GPT2Config) else config.layer_norm_eps
-
-
-def dropouts(config: PretrainedConfig) -> tuple[float, float]:
-    """(hidden dropout, attention-probability dropout)."""
-    if isinstance(config, GPT2Config):
-        return config.resid_pdrop, config.attn_pdrop
-    return config.hidden_dropout_prob, config.attention_probs_dropout_prob
-
-
 def LayerNorm(config: PretrainedConfig, dtype: Dtype) -> nn.LayerNorm:  # noqa: N802 (HF's attribute name)
     """LayerNorm with the config's epsilon and the two-pass variance (as PyTorch), not E[x^2] - E[x]^2."""
-    return nn.LayerNorm(epsilon=layer_norm_eps(config), dtype=dtype, use_fast_variance=False)
+    return nn.LayerNorm(epsilon=config.norm_eps, dtype=dtype, use_fast_variance=False)
 
 
 class Conv1D(nn.Module):
@@ -91,20 +79,15 @@ class Attention(nn.Module):
             else:
                 self.c_attn = Conv1D(3 * d, self.dtype)
             self.c_proj = Conv1D(d, self.dtype)
-            self.resid_dropout = nn.Dropout(c.resid_pdrop)
+            self.resid_dropout = nn.Dropout(c.hidden_dropout)
         else:
             self.query = nn.Dense(d, dtype=self.dtype)
             self.key = nn.Dense(d, dtype=self.dtype)
             self.value = nn.Dense(d, dtype=self.dtype)
-        self.attn_dropout = nn.Dropout(dropouts(c)[1])
+        self.attn_dropout = nn.Dropout(c.attn_dropout)
 
     def _scale(self) -> float:
-        scale = 1.0 / math.sqrt(self.config.hidden_size // self.config.num_attention_heads)
-        if self.gpt2:
-            scale = scale if self.config.scale_attn_weights else 1.0
-            if self.config.scale_attn_by_inverse_layer_idx:
-                scale /= self.layer_idx + 1
-        return scale
+        return self.config.attention_scale(self.layer_idx)
 
     def _split(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -187,7 +170,7 @@ class AddNorm(nn.Module):
     def setup(self):
         self.dense = nn.Dense(self.config.hidden_size, dtype=self.dtype)
         self.LayerNorm = LayerNorm(self.config, self.dtype)
-        self.dropout = nn.Dropout(dropouts(self.config)[0])
+        self.dropout = nn.Dropout(self.config.hidden_dropout)
 
     def __call__(self, x, residual, deterministic=True):
         return self.LayerNorm(self.dropout(self.dense(x), deterministic=deterministic) + residual)
@@ -217,15 +200,15 @@ class FeedForward(nn.Module):
         if self.gpt2:
             self.c_fc = Conv1D(c.intermediate_size, self.dtype)
             self.c_proj = Conv1D(c.hidden_size, self.dtype)
-            self.dropout = nn.Dropout(c.resid_pdrop)
+            self.dropout = nn.Dropout(c.hidden_dropout)
         else:
             self.dense = nn.Dense(c.intermediate_size, dtype=self.dtype)
 
     def __call__(self, x, deterministic=True):
         if self.gpt2:
-            act = activation(self.config.activation_function)
+            act = activation(self.config.act_name)
             return self.dropout(self.c_proj(act(self.c_fc(x))), deterministic=deterministic)
-        return activation(self.config.hidden_act)(self.dense(x))  # (B,T,I)
+        return activation(self.config.act_name)(self.dense(x))  # (B,T,I)
 
 
 class Block(nn.Module):
@@ -261,10 +244,9 @@ class Block(nn.Module):
     def _cross_heads(self) -> Attention:
         return self.crossattention if self.gpt2 else self.crossattention.self
 
-    def cross_kv(self, enc: jax.Array) -> dict[str, jax.Array]:
-        """This layer's cross-attention keys/values of the encoder states: the cache's cross entries."""
-        k, v = self._cross_heads().kv(enc)
-        return {"cross_key": k, "cross_value": v}
+    def cross_kv(self, enc: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """This layer's cross-attention keys/values (B,H,S,K) of the encoder states: the cache's cross entries."""
+        return self._cross_heads().kv(enc)
 
     def _sublayer(self, x, norm, heads, out, deterministic, **kw):
         """Run one attention sublayer in this block's LayerNorm order."""
@@ -274,26 +256,37 @@ class Block(nn.Module):
         ctx, present, probs = heads(x, deterministic=deterministic, **kw)
         return out(ctx, x, deterministic), present, probs
 
-    def __call__(self, x, mask=None, enc=None, enc_mask=None, cache=None, index=None, deterministic=True,
-                 need_weights=False):
-        """x (B,T,D) -> (x, this layer's new cache dict or None, self probs, cross probs)."""
+    def __call__(
+        self, x, mask=None, enc=None, enc_mask=None, cache=None, index=None, deterministic=True, need_weights=False
+    ):
+        """x (B,T,D) -> (x, this layer's new :class:`~encdec_core.decoding.LayerCache` or None, self probs, cross probs)."""
         g = self.gpt2
         x, present, p_self = self._sublayer(
-            x, getattr(self, "ln_1", None), self.attn if g else self.attention.self,
-            None if g else self.attention.output, deterministic, mask=mask, index=index,
-            cache=None if cache is None else (cache["self_key"], cache["self_value"]), need_weights=need_weights,
+            x,
+            getattr(self, "ln_1", None),
+            self.attn if g else self.attention.self,
+            None if g else self.attention.output,
+            deterministic,
+            mask=mask,
+            index=index,
+            cache=None if cache is None else (cache.key, cache.value),
+            need_weights=need_weights,
         )
-        new_cache = None if cache is None else {"self_key": present[0], "self_value": present[1]}
+        new_cache = None if cache is None else cache._replace(key=present[0], value=present[1])
         p_cross = None
-        cross_cache = None if cache is None or "cross_key" not in cache else (cache["cross_key"], cache["cross_value"])
+        cross_cache = None if cache is None or cache.cross_key is None else (cache.cross_key, cache.cross_value)
         if self.has_cross and (enc is not None or cross_cache is not None):
             x, _, p_cross = self._sublayer(
-                x, getattr(self, "ln_cross_attn", None), self._cross_heads(),
-                None if g else self.crossattention.output, deterministic, mask=enc_mask, kv=enc, cache=cross_cache,
+                x,
+                getattr(self, "ln_cross_attn", None),
+                self._cross_heads(),
+                None if g else self.crossattention.output,
+                deterministic,
+                mask=enc_mask,
+                kv=enc,
+                cache=cross_cache,
                 need_weights=need_weights,
             )
-        if new_cache is not None and cross_cache is not None:
-            new_cache.update(cross_key=cross_cache[0], cross_value=cross_cache[1])
         if g:
             x = x + self.mlp(self.ln_2(x), deterministic)
         else:
@@ -312,11 +305,10 @@ class Layers(nn.Module):
         n = self.config.num_hidden_layers
         self.blocks = [Block(self.config, i, gpt2=self.gpt2, dtype=self.dtype, name=str(i)) for i in range(n)]
 
-    def cross_kv(self, enc: jax.Array) -> tuple[dict[str, jax.Array], ...]:
+    def cross_kv(self, enc: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
         return tuple(block.cross_kv(enc) for block in self.blocks)
 
-    def __call__(self, x, *, mask, enc, enc_mask, cache, index, deterministic, output_attentions,
-                 output_hidden_states):
+    def __call__(self, x, *, mask, enc, enc_mask, cache, index, deterministic, output_attentions, output_hidden_states):
         """Run the blocks, collecting hidden states, attentions and the new per-layer caches as HF does."""
         hidden, attns, cross_attns, layers = [], [], [], []
         for i, block in enumerate(self.blocks):
@@ -328,7 +320,7 @@ class Layers(nn.Module):
             layers.append(present)
             attns.append(p_self)
             cross_attns.append(p_cross)
-        has_cross = enc is not None or (cache is not None and "cross_key" in cache[0])
+        has_cross = enc is not None or (cache is not None and cache[0].cross_key is not None)
         return x, {
             "hidden_states": hidden,
             "layers": None if cache is None else tuple(layers),
@@ -365,22 +357,40 @@ def cross_attention_mask(encoder_attention_mask):
     return additive_mask(encoder_attention_mask[:, None, None, :].astype(bool))
 
 
-def run_stack(layers: Layers, x, *, attention_mask, causal, enc, enc_mask, cache, deterministic,
-              output_attentions, output_hidden_states):
+def run_stack(
+    layers: Layers,
+    x,
+    *,
+    attention_mask,
+    causal,
+    enc,
+    enc_mask,
+    cache,
+    deterministic,
+    output_attentions,
+    output_hidden_states,
+):
     """Masks, cache index and the layer stack of a base model: x (B,T,D) -> (x, extra).
 
-    ``cache`` is None or ``{"index": int32 scalar, "layers": (per-layer dict, ...)}`` (see
+    ``cache`` is None or a :class:`~encdec_core.decoding.DecoderCache` (see
     :meth:`encdec_flax.encoder_decoder.FlaxEncoderDecoderModel.init_cache`); ``extra["cache"]``
     is the updated one (index advanced by T).
     """
     t = x.shape[1]
-    index = None if cache is None else cache["index"]
-    s = t if cache is None else cache["layers"][0]["self_key"].shape[2]
+    index = None if cache is None else cache.index
+    s = t if cache is None else cache.max_length
     mask = self_attention_mask(attention_mask, t, s, causal=causal, offset=0 if index is None else index)
     x, extra = layers(
-        x, mask=mask, enc=enc, enc_mask=cross_attention_mask(enc_mask), cache=None if cache is None else cache["layers"],
-        index=index, deterministic=deterministic, output_attentions=output_attentions,
+        x,
+        mask=mask,
+        enc=enc,
+        enc_mask=cross_attention_mask(enc_mask),
+        cache=None if cache is None else cache.layers,
+        index=index,
+        deterministic=deterministic,
+        output_attentions=output_attentions,
         output_hidden_states=output_hidden_states,
     )
-    extra["cache"] = None if cache is None else {"index": index + t, "layers": extra.pop("layers")}
+    layers = extra.pop("layers")
+    extra["cache"] = None if cache is None else cache._replace(index=index + t, layers=layers)
     return x, extra

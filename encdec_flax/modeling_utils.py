@@ -9,7 +9,7 @@ both uses add up in the stored leaf, as with PyTorch's shared parameters.
 
 Loading never random-initialises a weight that the checkpoint then overwrites: the module's
 tree is built shape-only (``jax.eval_shape``), filled with the checkpoint's arrays (mapped
-by :mod:`conversion.mapping`), and only what the loading report calls new or missing
+by :mod:`encdec_core.formats.mapping`), and only what the loading report calls new or missing
 (cross-attention, ``enc_to_dec_proj``) is initialised, with HF's rule (see :func:`init_param`).
 """
 
@@ -27,21 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversion.flax_msgpack import flatten_tree, unflatten_tree, write_flax_msgpack
-from conversion.formats import open_source
-from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
-from encdec_core import outputs
-from encdec_core.configs import PretrainedConfig, load_config, with_overrides
+from encdec_core import driver, outputs
+from encdec_core.configs import PretrainedConfig
+from encdec_core.driver import encoder_states  # noqa: F401  (re-exported: the Flax decoding methods use it)
 from encdec_core.errors import ConfigError, InputError
-from encdec_core.hub import resolve_checkpoint
+from encdec_core.formats.canonical import open_source
+from encdec_core.formats.fit import check_config_fits
+from encdec_core.formats.flax_msgpack import flatten_tree, unflatten_tree, write_flax_msgpack
+from encdec_core.formats.mapping import from_framework, to_framework
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
 from encdec_core.semantics import IGNORE_INDEX
-from encdec_core.tables import Param, Tie, apply_op, model_table, model_ties
+from encdec_core.tables import Param, Tie, apply_op, model_table, model_ties, with_tied_copies
 
 logger = logging.getLogger("encdec")
-HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 SAVE_FORMATS = ("safetensors", "msgpack")
 
 # The core's output dataclasses become pytrees, so jitted functions can return them.
@@ -79,24 +79,13 @@ def check_mask(mask: Any, shape: tuple[int, ...], name: str, of: str) -> None:
         raise InputError(f"{name} has shape {tuple(jnp.shape(mask))}, expected {tuple(shape)} (the shape of {of})")
 
 
-def encoder_states(encoder_outputs: Any):
-    """``encoder_outputs`` as an output object, HF's tuple order, or the (B,S,D) array itself."""
-    if encoder_outputs is None or hasattr(encoder_outputs, "shape"):
-        return encoder_outputs
-    if isinstance(encoder_outputs, outputs.BaseModelOutput):
-        return encoder_outputs.last_hidden_state
-    if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
-        return encoder_outputs[0]
-    raise InputError(f"encoder_outputs expected the output of encode(), a tuple or an array, got {type(encoder_outputs).__name__}")
-
-
 def check_length(config: PretrainedConfig, length: int, name: str) -> None:
     """Positions beyond the embedding table would be clamped silently by JAX: refuse them."""
-    limit = config.max_position_embeddings
-    if config.model_type == "roberta":  # positions start after padding_idx
-        limit -= config.pad_token_id + 1
+    limit = config.position_limit
     if length > limit:
-        raise InputError(f"{name} has length {length}, but this {config.model_type} model takes at most {limit} positions")
+        raise InputError(
+            f"{name} has length {length}, but this {config.model_type} model takes at most {limit} positions"
+        )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -138,15 +127,25 @@ class FlaxPreTrainedModel:
     role = "encoder"  # encoder | decoder: which table describes the stored weights
     base_model_prefix = ""
 
-    def __init__(self, config: PretrainedConfig, input_shape: Any = (1, 1), seed: int = 0,
-                 dtype: Any = jnp.float32, _do_init: bool = True):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        input_shape: Any = (1, 1),
+        seed: int = 0,
+        dtype: Any = jnp.float32,
+        _do_init: bool = True,
+    ):
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} expected a {self.config_class.__name__}, got {type(config).__name__}")
+            raise ConfigError(
+                f"{type(self).__name__} expected a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config, self.dtype, self.input_shape = config, dtype, input_shape
         self.module = self.make_module()
         self.key = jax.random.PRNGKey(seed)
         # the module's whole tree, shapes only: nothing is computed or allocated here
-        tree = jax.eval_shape(lambda r: self.module.init({"params": r}, **self.dummy_inputs(input_shape))["params"], self.key)
+        tree = jax.eval_shape(
+            lambda r: self.module.init({"params": r}, **self.dummy_inputs(input_shape))["params"], self.key
+        )
         self.shapes = {k: tuple(v.shape) for k, v in flatten_tree(tree).items()}
         self._check_tables()
         self._params = self.init_weights(self.key) if _do_init else None
@@ -181,12 +180,19 @@ class FlaxPreTrainedModel:
         by_pt = {p.pt: p.flax for p in self.full_table()}
         stored = {p.flax for p in self.weight_table()}
         # a tie whose both sides are leaves of the tree: the copy is not stored, the source is
-        self.tied_paths = [(by_pt[t.pt], by_pt[t.source]) for t in self.weight_ties()
-                           if t.pt in by_pt and t.source in by_pt and by_pt[t.pt] not in stored]
+        self.tied_paths = [
+            (by_pt[t.pt], by_pt[t.source])
+            for t in self.weight_ties()
+            if t.pt in by_pt and t.source in by_pt and by_pt[t.pt] not in stored
+        ]
         if set(by_pt.values()) != set(self.shapes):  # our modules and the core tables must agree exactly
-            only_t, only_m = sorted(set(by_pt.values()) - set(self.shapes)), sorted(set(self.shapes) - set(by_pt.values()))
-            raise ConfigError(f"{type(self).__name__}: module tree and weight table differ: table only {only_t}, "
-                              f"module only {only_m}")
+            only_t, only_m = (
+                sorted(set(by_pt.values()) - set(self.shapes)),
+                sorted(set(self.shapes) - set(by_pt.values())),
+            )
+            raise ConfigError(
+                f"{type(self).__name__}: module tree and weight table differ: table only {only_t}, module only {only_m}"
+            )
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -203,9 +209,14 @@ class FlaxPreTrainedModel:
         """``params`` must hold exactly the stored leaves with the module's shapes."""
         flat = flatten_tree(params)
         want = {p.flax for p in self.weight_table()}
-        problems = [f"missing {k}" for k in sorted(want - set(flat))] + [f"unexpected {k}" for k in sorted(set(flat) - want)]
-        problems += [f"{k}: expected shape {self.shapes[k]}, got {tuple(jnp.shape(v))}"
-                     for k, v in flat.items() if k in want and tuple(jnp.shape(v)) != self.shapes[k]]
+        problems = [f"missing {k}" for k in sorted(want - set(flat))] + [
+            f"unexpected {k}" for k in sorted(set(flat) - want)
+        ]
+        problems += [
+            f"{k}: expected shape {self.shapes[k]}, got {tuple(jnp.shape(v))}"
+            for k, v in flat.items()
+            if k in want and tuple(jnp.shape(v)) != self.shapes[k]
+        ]
         if problems:
             raise InputError(f"params of {type(self).__name__}: " + "; ".join(problems[:20]))
         return params
@@ -229,18 +240,27 @@ class FlaxPreTrainedModel:
         return sum(int(np.prod(self.shapes[p.flax])) for p in self.weight_table())
 
     # ------------------------------------------------------------------ calls
-    def apply(self, params: dict | None, *args, method: Callable | str | None = None, train: bool = False,
-              dropout_rng: jax.Array | None = None, **kwargs):
+    def apply(
+        self,
+        params: dict | None,
+        *args,
+        method: Callable | str | None = None,
+        train: bool = False,
+        dropout_rng: jax.Array | None = None,
+        **kwargs,
+    ):
         """``module.apply`` with the stored params (ties materialised) and dropout when ``train``."""
         if train and dropout_rng is None:
             raise InputError("train=True turns dropout on and needs dropout_rng= (a jax.random key)")
         rngs = {"dropout": dropout_rng} if train else {}
         params = self.params if params is None else params
-        return self.module.apply({"params": self.materialize(params)}, *args, method=method, rngs=rngs,
-                                 deterministic=not train, **kwargs)
+        return self.module.apply(
+            {"params": self.materialize(params)}, *args, method=method, rngs=rngs, deterministic=not train, **kwargs
+        )
 
-    def __call__(self, input_ids, attention_mask=None, *, params=None, dropout_rng=None, train=False,
-                 return_dict=True, **kwargs):
+    def __call__(
+        self, input_ids, attention_mask=None, *, params=None, dropout_rng=None, train=False, return_dict=True, **kwargs
+    ):
         """Run the model alone: the module's arguments by name (``encoder_hidden_states=``, ``labels=``, ...)."""
         check_ids(self.config, input_ids, "input_ids")
         check_mask(attention_mask, jnp.shape(input_ids), "attention_mask", "input_ids")
@@ -250,47 +270,74 @@ class FlaxPreTrainedModel:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, config: PretrainedConfig | None = None,
-                        dtype: Any = jnp.float32, param_dtype: Any = None, from_pt: bool = False, strict: bool = False,
-                        output_loading_info: bool = False, log_report: bool = True, seed: int = 0, **kwargs):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = None,
+        from_pt: bool = False,
+        strict: bool = False,
+        output_loading_info: bool = False,
+        log_report: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ):
         """Load from a folder or Hub repo id: canonical ``model.safetensors`` (``from_pt=True`` accepted,
         it is PyTorch's layout), HF's ``flax_model.msgpack`` (single or sharded) or ``pytorch_model.bin``.
 
         ``dtype`` is the compute dtype; parameters are float32 unless ``param_dtype`` says
-        otherwise ("auto": as stored). Other keyword arguments set config fields;
+        otherwise ("auto": as stored). Transformers' other loading flags
+        (:data:`encdec_core.driver.LOAD_FLAGS`) are accepted. Other keyword arguments set config fields;
         ``strict=True`` raises one error listing every missing or unexpected key.
         """
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        folder = resolve_checkpoint(name_or_path, **hub)
-        config = with_overrides(config if config is not None else load_config(folder), kwargs)
-        if not isinstance(config, cls.config_class):
-            raise ConfigError(f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
-                              f"{cls.__name__} (expects {cls.config_class.model_type!r})")
+        folder, config, flags = driver.prepare_load(cls, name_or_path, config, kwargs)
+        # every format is read: canonical first, then Flax's own (PyTorch's .bin first with from_pt, TF's with from_tf)
+        native = ("pt", "flax", "bin", "msgpack") if from_pt else ("pt", "flax", "msgpack", "bin")
+        formats = driver.weight_formats(native, flags)
+        check_config_fits(config, folder, role=cls.role, accept=formats)  # before building
         model = cls(config, seed=seed, dtype=dtype, _do_init=False)
         model.checkpoint_folder = folder  # where it was read from (generation_config.json lives beside)
-        report = model.load_weights(folder, prefer_pt=from_pt, param_dtype=param_dtype)
+        report = model.load_weights(folder, formats=formats, param_dtype=param_dtype)
         report.raise_if(strict)
         if log_report:
             report.log(logger)
         return (model, report) if output_loading_info else model
 
-    def load_weights(self, folder: Path, *, prefer_pt: bool = False, param_dtype: Any = None) -> LoadingReport:
+    def load_weights(
+        self, folder: Path, *, prefer_pt: bool = False, param_dtype: Any = None, formats: tuple[str, ...] | None = None
+    ) -> LoadingReport:
         """Fill ``self.params`` from ``folder``; initialise only what the checkpoint lacks."""
         params = self.weight_table()
         model_shapes = {p.pt: canonical_shape(self.shapes[p.flax], p.flax_op) for p in params}
-        with open_weights(folder, self.full_table(), prefer_pt=prefer_pt) as (shapes, get):
-            plan = plan_load(params, shapes, model_shapes, ties=self.weight_ties(),
-                             base_prefix=self.base_model_prefix, source=str(folder))
+        with open_weights(folder, self.full_table(), prefer_pt=prefer_pt, formats=formats) as (shapes, get):
+            plan = plan_load(
+                params,
+                shapes,
+                model_shapes,
+                ties=self.weight_ties(),
+                base_prefix=self.base_model_prefix,
+                source=str(folder),
+            )
             if plan.report.mismatched:
                 plan.report.raise_if(True)
             canonical = {name: get(key) for name, key in plan.sources.items()}
             arrays = to_framework(canonical, [p for p in params if p.pt in canonical], "flax")
             # Transformers' Flax and TF classes save both sides of tie_encoder_decoder and may have trained them apart
-            differ = [t.pt for t in self.weight_ties() if t.pt in shapes and t.source in canonical
-                      and not np.array_equal(get(t.pt), canonical[t.source])]
+            differ = [
+                t.pt
+                for t in self.weight_ties()
+                if t.pt in shapes and t.source in canonical and not np.array_equal(get(t.pt), canonical[t.source])
+            ]
         if differ:
-            logger.warning("%s: %d tied weight(s) differ in the checkpoint from the weight they are tied to (%s); "
-                           "the tie keeps the latter", folder, len(differ), ", ".join(differ[:3]))
+            logger.warning(
+                "%s: %d tied weight(s) differ in the checkpoint from the weight they are tied to (%s); "
+                "the tie keeps the latter",
+                folder,
+                len(differ),
+                ", ".join(differ[:3]),
+            )
         flat = {k: _as_param(v, param_dtype) for k, v in arrays.items()}
         by_pt = {p.pt: p.flax for p in params}
         flat.update(flatten_tree(self.init_weights(self.key, [by_pt[n] for n in plan.init])))
@@ -306,9 +353,16 @@ class FlaxPreTrainedModel:
     def generation_config_to_save(self) -> dict | None:
         return None
 
-    def save_pretrained(self, save_directory: str | os.PathLike, params: dict | None = None, *,
-                        max_shard_size: int | str | None = None, save_format: str = "safetensors",
-                        param_dtype: Any = None) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        params: dict | None = None,
+        *,
+        max_shard_size: int | str | None = None,
+        save_format: str | None = None,
+        param_dtype: Any = None,
+        safe_serialization: bool | None = None,
+    ) -> Path:
         """Write config.json, generation_config.json (if any) and the weights, atomically.
 
         ``save_format="safetensors"`` (default): the canonical checkpoint, ``model.safetensors``
@@ -316,9 +370,9 @@ class FlaxPreTrainedModel:
         backend and Transformers. ``"msgpack"``: HF Flax's ``flax_model.msgpack`` (tied copies
         written out, as Transformers' Flax classes keep them). ``max_shard_size`` ("200MB",
         bytes) writes shards plus an index; ``param_dtype`` casts floating weights on the way out.
+        Transformers' ``safe_serialization=False`` means ``"msgpack"``.
         """
-        if save_format not in SAVE_FORMATS:
-            raise InputError(f"save_format expected one of {SAVE_FORMATS}, got {save_format!r}")
+        save_format = driver.save_format(save_format, safe_serialization, SAVE_FORMATS)
         params = self.params if params is None else self.check_params(params)
         tree = self.materialize(params) if save_format == "msgpack" else params
         flat = {k: _to_numpy(v, param_dtype) for k, v in flatten_tree(tree).items()}
@@ -332,7 +386,7 @@ class FlaxPreTrainedModel:
             if save_format == "msgpack":
                 write_flax_msgpack(flat, tmp, max_shard_size=max_shard_size)
             else:
-                canonical = from_framework(flat, self.weight_table(), "flax")
+                canonical = with_tied_copies(self.config, from_framework(flat, self.weight_table(), "flax"))
                 ckpt_io.save_safetensors(canonical, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
         return folder
 
@@ -351,15 +405,17 @@ def _to_numpy(array: jax.Array, param_dtype: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def open_weights(folder: Path, full_table: list[Param], *, prefer_pt: bool = False) -> Iterator[tuple[dict, Callable]]:
+def open_weights(
+    folder: Path, full_table: list[Param], *, prefer_pt: bool = False, formats: tuple[str, ...] | None = None
+) -> Iterator[tuple[dict, Callable]]:
     """Yield (canonical shapes, get) over the weights in ``folder``; ``get`` returns numpy arrays.
 
-    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends, in
+    The reading is :func:`encdec_core.formats.canonical.open_source`'s, shared by the three backends, in
     this order: canonical ``model.safetensors`` (or shards), Flax-format safetensors (HF's
     "."-joined paths), then HF's ``flax_model.msgpack`` and ``pytorch_model.bin`` (the .bin
     first with ``prefer_pt``). Flax paths go through ``full_table`` (tied copies included);
     keys it does not map keep the checkpoint's names, so the report can list them as unexpected.
     """
-    accept = ("pt", "flax", "bin", "msgpack") if prefer_pt else ("pt", "flax", "msgpack", "bin")
+    accept = formats or (("pt", "flax", "bin", "msgpack") if prefer_pt else ("pt", "flax", "msgpack", "bin"))
     with open_source(folder, full_table, accept=accept) as source:
         yield source.shapes, source.get

@@ -42,10 +42,10 @@ class Embeddings(nn.Module):
     def setup(self):
         c, d = self.config, self.config.hidden_size
         self.word_embeddings = nn.Embed(c.vocab_size, d, dtype=self.dtype)
-        self.position_embeddings = nn.Embed(c.max_position_embeddings, d, dtype=self.dtype)
+        self.position_embeddings = nn.Embed(c.num_positions, d, dtype=self.dtype)
         self.token_type_embeddings = nn.Embed(c.type_vocab_size, d, dtype=self.dtype)
         self.LayerNorm = LayerNorm(c, self.dtype)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = nn.Dropout(c.embed_dropout)
 
     def __call__(self, input_ids, position_ids=None, token_type_ids=None, past=0, deterministic=True):
         pad = self.config.pad_token_id
@@ -112,15 +112,32 @@ class BertModule(nn.Module):
     def cross_kv(self, enc):
         return self.encoder.layer.cross_kv(enc)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 encoder_hidden_states=None, encoder_attention_mask=None, cache=None, deterministic=True,
-                 output_attentions=False, output_hidden_states=False) -> BaseModelOutput:
-        past = 0 if cache is None else cache["index"]
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache=None,
+        deterministic=True,
+        output_attentions=False,
+        output_hidden_states=False,
+    ) -> BaseModelOutput:
+        past = 0 if cache is None else cache.index
         x = self.embeddings(input_ids, position_ids, token_type_ids, past, deterministic)
         x, extra = run_stack(
-            self.encoder.layer, x, attention_mask=attention_mask, causal=self.config.is_decoder,
-            enc=encoder_hidden_states, enc_mask=encoder_attention_mask, cache=cache, deterministic=deterministic,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            self.encoder.layer,
+            x,
+            attention_mask=attention_mask,
+            causal=self.config.is_decoder,
+            enc=encoder_hidden_states,
+            enc_mask=encoder_attention_mask,
+            cache=cache,
+            deterministic=deterministic,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         if output_hidden_states:
             extra["hidden_states"].append(x)
@@ -135,9 +152,9 @@ class GPT2Module(nn.Module):
 
     def setup(self):
         c = self.config
-        self.wte = nn.Embed(c.vocab_size, c.n_embd, dtype=self.dtype)
-        self.wpe = nn.Embed(c.n_positions, c.n_embd, dtype=self.dtype)
-        self.drop = nn.Dropout(c.embd_pdrop)
+        self.wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype)
+        self.wpe = nn.Embed(c.num_positions, c.hidden_size, dtype=self.dtype)
+        self.drop = nn.Dropout(c.embed_dropout)
         self.h = Layers(c, gpt2=True, dtype=self.dtype)
         self.ln_f = LayerNorm(c, self.dtype)
 
@@ -147,10 +164,20 @@ class GPT2Module(nn.Module):
     def cross_kv(self, enc):
         return self.h.cross_kv(enc)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 encoder_hidden_states=None, encoder_attention_mask=None, cache=None, deterministic=True,
-                 output_attentions=False, output_hidden_states=False) -> BaseModelOutput:
-        past = 0 if cache is None else cache["index"]
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache=None,
+        deterministic=True,
+        output_attentions=False,
+        output_hidden_states=False,
+    ) -> BaseModelOutput:
+        past = 0 if cache is None else cache.index
         if position_ids is None:  # GPT-2 counts positions regardless of padding
             position_ids = past + jnp.arange(input_ids.shape[1])[None]  # (1,T)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B,T,D)
@@ -158,9 +185,16 @@ class GPT2Module(nn.Module):
             x = x + self.wte(token_type_ids)
         x = self.drop(x, deterministic=deterministic)
         x, extra = run_stack(
-            self.h, x, attention_mask=attention_mask, causal=True, enc=encoder_hidden_states,
-            enc_mask=encoder_attention_mask, cache=cache, deterministic=deterministic,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            self.h,
+            x,
+            attention_mask=attention_mask,
+            causal=True,
+            enc=encoder_hidden_states,
+            enc_mask=encoder_attention_mask,
+            cache=cache,
+            deterministic=deterministic,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         x = self.ln_f(x)
         if output_hidden_states:
@@ -209,7 +243,7 @@ class Transform(nn.Module):
         self.LayerNorm = LayerNorm(self.config, self.dtype)
 
     def __call__(self, x):
-        return self.LayerNorm(activation(self.config.hidden_act)(self.dense(x)))
+        return self.LayerNorm(activation(self.config.act_name)(self.dense(x)))
 
 
 class MLMHead(nn.Module):
@@ -241,14 +275,31 @@ class CausalLMModule(nn.Module):
     def cross_kv(self, enc):
         return self._base().cross_kv(enc)
 
-    def __call__(self, input_ids, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                 cache=None, position_ids=None, token_type_ids=None, deterministic=True, output_attentions=False,
-                 output_hidden_states=False, labels=None) -> CausalLMOutput:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache=None,
+        position_ids=None,
+        token_type_ids=None,
+        deterministic=True,
+        output_attentions=False,
+        output_hidden_states=False,
+        labels=None,
+    ) -> CausalLMOutput:
         """Logits (B,T,V); with ``labels`` the next-token loss of a standalone LM (position t predicts t+1)."""
         base = self._base()(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask, cache=cache,
-            deterministic=deterministic, output_attentions=output_attentions,
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            cache=cache,
+            deterministic=deterministic,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         logits = self.head_logits(base.last_hidden_state)
@@ -303,14 +354,6 @@ class BertModel(FlaxPreTrainedModel):
 
     config_class = BertConfig
     module_class = BertModule
-    role = "encoder"
-
-
-@register_model("flax", "roberta", "encoder")
-class RobertaModel(BertModel):
-    """RoBERTa encoder: BERT with positions counted over real tokens (see :func:`roberta_position_ids`)."""
-
-    config_class = RobertaConfig
 
 
 @register_model("flax", "bert", "decoder")
@@ -319,6 +362,14 @@ class BertLMHeadModel(FlaxPreTrainedModel):
     module_class = BertLMHeadModule
     role = "decoder"
     base_model_prefix = "bert"
+
+
+@register_model("flax", "roberta", "encoder")
+class RobertaModel(BertModel):
+    """RoBERTa encoder: BERT with positions counted over real tokens (see :func:`roberta_position_ids`)."""
+
+    config_class = RobertaConfig
+    module_class = BertModule  # the module reads RoBERTa's position rule from the config
 
 
 @register_model("flax", "roberta", "decoder")
@@ -333,7 +384,6 @@ class RobertaForCausalLM(FlaxPreTrainedModel):
 class GPT2Model(FlaxPreTrainedModel):
     config_class = GPT2Config
     module_class = GPT2Module
-    role = "encoder"
 
 
 @register_model("flax", "gpt2", "decoder")
@@ -342,3 +392,6 @@ class GPT2LMHeadModel(FlaxPreTrainedModel):
     module_class = GPT2LMHeadModule
     role = "decoder"
     base_model_prefix = "transformer"
+
+
+__all__ = ["BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "GPT2Model", "GPT2LMHeadModel"]

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conversion.flax_msgpack import flatten_tree, unflatten_tree
+from encdec_core.formats.flax_msgpack import flatten_tree, unflatten_tree
 
 # (path pattern, which dimension of the kernel/embedding to split); Flax Dense kernels are (in, out),
 # HF Flax GPT-2 Conv1D kernels are stored (out, in)
@@ -42,8 +42,9 @@ RULES: list[tuple[str, int | None]] = [
 ]
 
 
-def partition_spec(path: str, shape: tuple[int, ...], axis: str, size: int,
-                   rules: list[tuple[str, int | None]] = RULES) -> PartitionSpec:
+def partition_spec(
+    path: str, shape: tuple[int, ...], axis: str, size: int, rules: list[tuple[str, int | None]] = RULES
+) -> PartitionSpec:
     """The spec of one parameter: split the rule's dimension over ``axis`` if ``size`` divides it."""
     for pattern, dim in rules:
         if re.search(pattern, "/" + path):
@@ -53,8 +54,9 @@ def partition_spec(path: str, shape: tuple[int, ...], axis: str, size: int,
     return PartitionSpec()
 
 
-def partition_specs(params: Any, mesh: Mesh, *, axis: str = "model",
-                    rules: list[tuple[str, int | None]] = RULES) -> Any:
+def partition_specs(
+    params: Any, mesh: Mesh, *, axis: str = "model", rules: list[tuple[str, int | None]] = RULES
+) -> Any:
     """A tree of PartitionSpecs shaped like ``params``."""
     size = mesh.shape[axis]
     flat = flatten_tree(params)
@@ -64,8 +66,12 @@ def partition_specs(params: Any, mesh: Mesh, *, axis: str = "model",
 def shard_params(params: Any, mesh: Mesh, *, axis: str = "model", rules: list[tuple[str, int | None]] = RULES) -> Any:
     """Place ``params`` on ``mesh`` following the rules (a jitted step then runs sharded)."""
     specs = partition_specs(params, mesh, axis=axis, rules=rules)
-    return jax.tree_util.tree_map(lambda p, s: jax.device_put(p, NamedSharding(mesh, s)), params, specs,
-                                  is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree_util.tree_map(
+        lambda p, s: jax.device_put(p, NamedSharding(mesh, s)),
+        params,
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh, *, axis: str = "data") -> dict[str, Any]:

@@ -1,13 +1,13 @@
-"""``generate`` for the PyTorch backend: greedy, sampling and beam search on a preallocated cache.
+"""The decoding contract and ``generate`` for the PyTorch backend, on a preallocated cache.
 
-The rules (lengths, special tokens, processor order, beam bookkeeping) are those of
-:mod:`encdec_core.generation`; this module writes them in torch. The encoder runs once; every
-decoder layer's cross-attention keys/values are computed once for the B sources and shared by
-their beams; each step feeds only the new token. ``compile=True`` runs the step through
-``torch.compile`` on a static cache, one graph per (rows, max_length, source length).
+``encode`` / ``init_cache`` / ``decode_step`` are the contract of :mod:`encdec_core.decoding`;
+greedy, sampling and beam search are that module's searches, run here as an eager
+``while cond(state): state = body(state, step(state))`` over :class:`TorchOps`. The encoder runs
+once; every decoder layer's cross-attention keys/values are computed once for the B sources
+and shared by their beams; each step feeds only the new token. ``compile=True`` runs the step
+through ``torch.compile`` on a static cache, one graph per (rows, max_length, source length).
 
-Shapes: B sources, g rows per source (beams or samples), N = B * g decoder rows, V vocabulary,
-L max decoder length, P decoder prompt length.
+Shapes as in :mod:`encdec_core.decoding` (B sources, N decoder rows, L max length, ...).
 """
 
 from __future__ import annotations
@@ -17,21 +17,26 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from encdec_core.errors import InputError
-from encdec_core.generation import (
-    GenerationConfig,
-    GenerationPlan,
-    bad_words_for,
-    config_for_call,
-    derived_tokens,
-    resolve,
+from encdec_core.decoding import (
+    DecoderCache,
+    Ops,
+    build_processors,
+    make_search,
+    processor_specs,
+    search_settings,
+    temperature,
+    trim,
 )
-from encdec_core.outputs import BaseModelOutput, GenerateOutput
+from encdec_core.driver import encoder_states
+from encdec_core.errors import InputError
+from encdec_core.generation import GenerationConfig, GenerationConfigMixin, mask_pad_id, prepend_start, resolve
+from encdec_core.outputs import BaseModelOutput
 from encdec_core.validation import check_batch, max_positions
-from encdec_pt.layers import Cache
+from encdec_pt.kernels import packed_weights
+from encdec_pt.layers import allocate_cache, is_static, reorder_cache
 
-NEG = -1.0e9  # HF's "impossible" beam score: finite so sums and comparisons stay ordered
-Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (N,T), scores (N,V)) -> scores
+# (ids (N,L) buffer, cur, scores (N,V)) -> scores; ids[:, :cur] are the rows so far
+Processor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------- processors
@@ -41,123 +46,197 @@ def _ban(scores: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
 
 def repetition_penalty(penalty: float) -> Processor:
     """A token already in the row: positive score / penalty, negative score * penalty."""
-    def apply(ids, scores):
-        seen = scores.gather(1, ids)
-        return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+
+    def apply(ids, cur, scores):
+        seen = scores.gather(1, ids[:, :cur])
+        return scores.scatter(1, ids[:, :cur], torch.where(seen < 0, seen * penalty, seen / penalty))
+
     return apply
 
 
 def no_repeat_ngram(n: int) -> Processor:
     """Ban a token that would complete an n-gram already present in the row."""
-    def apply(ids, scores):
-        if ids.shape[1] < n:
+
+    def apply(ids, cur, scores):
+        if cur < n:
             return scores
+        ids = ids[:, :cur]
         windows = ids.unfold(1, n, 1)  # (N, W, n): every n-gram so far
-        match = (windows[:, :, :-1] == ids[:, None, ids.shape[1] - n + 1:]).all(-1)  # prefix = last n-1 tokens
+        match = (windows[:, :, :-1] == ids[:, None, cur - n + 1 :]).all(-1)  # prefix = last n-1 tokens
         hits = torch.zeros_like(scores).scatter_add_(1, windows[:, :, -1], match.to(scores.dtype))
         return _ban(scores, hits > 0)
+
     return apply
 
 
-def bad_words(words: list[tuple[int, ...]]) -> Processor:
+def bad_words(words: tuple[tuple[int, ...], ...]) -> Processor:
     """Ban a word's last token when the row ends with the word's other tokens."""
-    def apply(ids, scores):
+
+    def apply(ids, cur, scores):
         banned = torch.zeros_like(scores, dtype=torch.bool)
         for w in words:
-            if len(w) - 1 > ids.shape[1]:
+            if len(w) - 1 > cur:
                 continue
-            hit = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if len(w) == 1 else \
-                (ids[:, ids.shape[1] - len(w) + 1:] == torch.tensor(w[:-1], device=ids.device)).all(-1)
+            hit = (
+                torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+                if len(w) == 1
+                else (ids[:, cur - len(w) + 1 : cur] == torch.tensor(w[:-1], device=ids.device)).all(-1)
+            )
             banned[:, w[-1]] |= hit
         return _ban(scores, banned)
+
     return apply
 
 
 def min_length(length: int, eos: tuple[int, ...]) -> Processor:
     """No EOS while the row is shorter than ``length``."""
-    def apply(ids, scores):
-        if ids.shape[1] >= length:
+
+    def apply(ids, cur, scores):
+        if cur >= length:
             return scores
         scores = scores.clone()
         scores[:, list(eos)] = -float("inf")
         return scores
+
     return apply
 
 
-def force(token_ids: tuple[int, ...], at_length: int) -> Processor:
+def force(at_length: int, token_ids: tuple[int, ...]) -> Processor:
     """At row length ``at_length``, only ``token_ids`` are possible (score 0)."""
-    def apply(ids, scores):
-        if ids.shape[1] != at_length:
+
+    def apply(ids, cur, scores):
+        if cur != at_length:
             return scores
         out = torch.full_like(scores, -float("inf"))
         out[:, list(token_ids)] = 0.0
         return out
+
     return apply
 
 
-def temperature(t: float) -> Processor:
-    return lambda ids, scores: scores / t
-
-
-def top_k(k: int, keep: int) -> Processor:
+def top_k(keep: int, k: int) -> Processor:
     """Keep the k best scores (at least ``keep``)."""
-    def apply(ids, scores):
+
+    def apply(ids, cur, scores):
         kk = min(max(k, keep), scores.shape[-1])
         return _ban(scores, scores < scores.topk(kk).values[:, -1:])
+
     return apply
 
 
-def top_p(p: float, keep: int) -> Processor:
+def top_p(keep: int, p: float) -> Processor:
     """Keep the smallest set of best tokens whose probability mass exceeds p (at least ``keep``)."""
-    def apply(ids, scores):
+
+    def apply(ids, cur, scores):
         sorted_scores, order = scores.sort(dim=-1)  # ascending
         drop = sorted_scores.softmax(-1).cumsum(-1) <= 1 - p
         drop[:, -keep:] = False
         return _ban(scores, drop.scatter(1, order, drop))
+
     return apply
 
 
-def build_processors(plan: GenerationPlan) -> list[Processor]:
-    """The call's processors, in Transformers' order, then the sampling warpers."""
-    gen, eos, out = plan.config, plan.eos_ids, []
-    if gen.repetition_penalty != 1.0:
-        out.append(repetition_penalty(gen.repetition_penalty))
-    if gen.no_repeat_ngram_size > 0:
-        out.append(no_repeat_ngram(gen.no_repeat_ngram_size))
-    words = bad_words_for(gen, eos)
-    if words:
-        out.append(bad_words(words))
-    if plan.min_length > 0 and eos:
-        out.append(min_length(plan.min_length, eos))
-    if gen.forced_bos_token_id is not None:
-        out.append(force((gen.forced_bos_token_id,), 1))
-    if gen.forced_eos_token_id is not None:
-        forced = gen.forced_eos_token_id
-        out.append(force(tuple(forced) if isinstance(forced, list) else (forced,), plan.max_length - 1))
-    if gen.do_sample:
-        keep = 2 if plan.num_beams > 1 else 1
-        if gen.temperature != 1.0:
-            out.append(temperature(gen.temperature))
-        if gen.top_k:
-            out.append(top_k(gen.top_k, keep))
-        if gen.top_p < 1.0:
-            out.append(top_p(gen.top_p, keep))
-    return out
+PROCESSORS = {
+    "repetition_penalty": repetition_penalty,
+    "no_repeat_ngram": no_repeat_ngram,
+    "bad_words": bad_words,
+    "min_length": min_length,
+    "force": force,
+    "temperature": temperature,
+    "top_k": top_k,
+    "top_p": top_p,
+}
 
 
-def run_processors(processors: list[Processor], ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    for proc in processors:
-        scores = proc(ids, scores)
-    return scores
+# ------------------------------------------------------------------------------- the search ops
+class TorchOps(Ops):
+    """:class:`encdec_core.decoding.Ops` in torch, eager: ``cur`` is a Python int, settings Python values."""
+
+    def __init__(self, plan, processors, device):
+        gen = plan.config
+        self.pad = plan.pad_id if plan.pad_id is not None else 0
+        self.early = gen.early_stopping is True
+        self.never = gen.early_stopping == "never" and gen.length_penalty > 0
+        super().__init__(processors)
+        self.length_penalty, self.device = gen.length_penalty, device
+        self.eos = torch.tensor(plan.eos_ids, dtype=torch.long, device=device)
+
+    def is_eos(self, tokens):
+        return torch.isin(tokens, self.eos)
+
+    def length_norm(self, n):
+        return n**self.length_penalty  # a Python float, as Transformers divides by
+
+    def sample(self, scores, rng, cur):  # torch.multinomial with the user's generator: Transformers' draws
+        return torch.multinomial(scores.softmax(-1), 1, generator=rng).squeeze(1), rng
+
+    def sample_k(self, scores, k, rng, cur):
+        return torch.multinomial(scores.softmax(-1), k, generator=rng), rng
+
+    def full(self, shape, value, kind):
+        dtype = {"id": torch.long, "float": torch.float32, "bool": torch.bool}[kind]
+        return torch.full(shape, value, dtype=dtype, device=self.device)
+
+    def arange(self, n):
+        return torch.arange(n, device=self.device)
+
+    def concat(self, tensors, axis):
+        return torch.cat(tensors, axis)
+
+    def where(self, cond, a, b):
+        return (a if cond else b) if isinstance(cond, bool) else torch.where(cond, a, b)
+
+    def to_float(self, x):
+        return x.float()
+
+    def to_int(self, x):
+        return x.long()
+
+    def log_softmax(self, x):
+        return F.log_softmax(x, dim=-1)
+
+    def argmax(self, x):
+        return x.argmax(-1)
+
+    def topk(self, x, k):
+        return x.topk(k)
+
+    def gather(self, x, idx):
+        return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+
+    def put(self, buf, pos, values):
+        buf[..., pos] = values  # in place: buf is always this step's own tensor
+        return buf
+
+    def column(self, buf, pos):
+        return buf[..., pos]
+
+    def reduce(self, name, x, axis=None, keepdims=False):
+        fn = {"all": torch.all, "any": torch.any, "min": torch.amin, "max": torch.amax, "sum": torch.sum}[name]
+        return fn(x) if axis is None else fn(x, axis, keepdim=keepdims)
+
+    def record(self, buf, step, scores):
+        if buf is not None:
+            buf[step] = scores
+        return buf
+
+    def reorder_cache(self, cache, rows):
+        return reorder_cache(cache, rows)
 
 
 # ------------------------------------------------------------------------------- decoder steps
-def _step(decoder, ids, position, buffers, enc, enc_mask, dec_mask, static: bool):
-    """One decoder call on the cache: ids (N,T) -> last-position logits (N,V) in fp32."""
-    cache = Cache(buffers, position, static=static)
-    out = decoder(input_ids=ids, attention_mask=dec_mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-                  past_key_values=cache, use_cache=True)
-    return out.logits[:, -1].float()
+def _step(decoder, ids, cache: DecoderCache, dec_mask):
+    """One decoder call on the cache: ids (N,T) -> logits (N,T,V); the cache's slots are written in place."""
+    if dec_mask is not None and not is_static(cache):
+        dec_mask = dec_mask[:, : cache.index + ids.shape[1]]
+    out = decoder(
+        input_ids=ids,
+        attention_mask=dec_mask,
+        encoder_attention_mask=cache.encoder_attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -172,170 +251,100 @@ def _compiled_step(option) -> Callable:
     return _COMPILED[key]
 
 
-class Stepper:
-    """The decoder with its cache: ``step(ids)`` returns the next-token logits, ``reorder(rows)`` follows beams."""
-
-    def __init__(self, model, enc, enc_mask, rows: int, max_length: int, dec_mask=None, compile=False,
-                 static: bool | None = None):
-        self.decoder, self.enc, self.enc_mask = model.decoder, enc, enc_mask
-        self.static = bool(compile) if static is None else static
-        self.cache = Cache.allocate(model.decoder.cross_keys_values(enc), rows, max_length, static=self.static)
-        self.fn = _compiled_step(compile) if compile else _step
-        self.dec_mask = dec_mask  # (N, L) or None
-
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        c = self.cache
-        if self.static and ids.shape[1] > 1:  # one graph: feed a prompt token by token
-            for j in range(ids.shape[1]):
-                logits = self.step(ids[:, j:j + 1])
-            return logits
-        mask = self.dec_mask
-        if mask is not None and not self.static:
-            mask = mask[:, : c.position + ids.shape[1]]
-        logits = self.fn(self.decoder, ids, c.position, c.buffers(), self.enc, self.enc_mask, mask, self.static)
-        c.advance(ids.shape[1])
-        return logits
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder(rows)
-
-
-# ------------------------------------------------------------------------------- strategies
-def greedy_or_sample(stepper: Stepper, prompt: torch.Tensor, plan: GenerationPlan, processors, rng, want_scores: bool):
-    """Greedy search (argmax) or multinomial sampling; finished rows get the pad id."""
-    ids, eos = prompt, torch.tensor(plan.eos_ids, dtype=torch.long, device=prompt.device)
-    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
-    scores_seen = []
-    logits = stepper.step(ids)
-    while True:
-        scores = run_processors(processors, ids, logits)
-        if want_scores:
-            scores_seen.append(scores)
-        if plan.config.do_sample:
-            nxt = torch.multinomial(scores.softmax(-1), 1, generator=rng).squeeze(1)
-        else:
-            nxt = scores.argmax(-1)
-        if len(eos):
-            nxt = torch.where(unfinished, nxt, plan.pad_id)
-            unfinished &= ~torch.isin(nxt, eos)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        if ids.shape[1] >= plan.max_length or not bool(unfinished.any()):
-            return GenerateOutput(sequences=ids, scores=tuple(scores_seen) if want_scores else None)
-        logits = stepper.step(nxt[:, None])
-
-
-def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Pick beams along dim 1: t (B, K, ...) by idx (B, K')."""
-    return t.gather(1, idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(*idx.shape, *t.shape[2:]))
-
-
-def beam_search(stepper: Stepper, prompt: torch.Tensor, plan: GenerationPlan, processors, rng, want_scores: bool):
-    """Vectorised beam search with Transformers 4.57's bookkeeping (see encdec_core.generation)."""
-    gen, nb, L, P = plan.config, plan.num_beams, plan.max_length, plan.prompt_length
-    B, dev = prompt.shape[0] // nb, prompt.device
-    eos = torch.tensor(plan.eos_ids, dtype=torch.long, device=dev)
-    keep = max(2, 1 + len(plan.eos_ids)) * nb  # enough candidates that nb can always run on
-    fill = plan.pad_id if plan.pad_id is not None else 0
-    running = torch.full((B, nb, L), fill, dtype=torch.long, device=dev)
-    running[:, :, :P] = prompt.view(B, nb, P)
-    finished = running.clone()
-    run_scores = torch.zeros(B, nb, device=dev)
-    run_scores[:, 1:] = NEG  # all beams start identical: only the first may expand
-    fin_scores = torch.full((B, nb), NEG, device=dev)
-    fin_done = torch.zeros(B, nb, dtype=torch.bool, device=dev)
-    improvable = torch.ones(B, 1, dtype=torch.bool, device=dev)
-    run_idx = torch.full((B, nb, L - P), -1, dtype=torch.long, device=dev)
-    fin_idx = run_idx.clone()
-    first_n = torch.arange(keep, device=dev) < nb
-    offsets = torch.arange(B, device=dev)[:, None] * nb
-    scores_seen, cur = [], P
-    logits = stepper.step(prompt)
-    while True:
-        flat = running[:, :, :cur].reshape(B * nb, cur)
-        logp = run_processors(processors, flat, F.log_softmax(logits, dim=-1))
-        if want_scores:
-            scores_seen.append(logp)
-        vocab = logp.shape[-1]
-        acc = (logp.view(B, nb, vocab) + run_scores[:, :, None]).view(B, nb * vocab)
-        if gen.do_sample:
-            top_i = torch.multinomial(acc.softmax(-1), keep, generator=rng)
-            top_s = acc.gather(1, top_i)
-        else:
-            top_s, top_i = acc.topk(keep)
-        src = top_i // vocab  # (B, keep) beam each candidate extends
-        cand = _gather(running, src)
-        cand[:, :, cur] = top_i % vocab
-        cand_idx = _gather(run_idx, src)
-        cand_idx[:, :, cur - P] = src + offsets
-        hits = torch.isin(cand[:, :, cur], eos) | (cur + 1 >= L)  # ends here: EOS or max length
-        # the best nb candidates that did not end run on
-        r_scores = top_s + hits.float() * NEG
-        nxt = r_scores.topk(nb).indices
-        running, run_scores, run_idx = _gather(cand, nxt), _gather(r_scores, nxt), _gather(cand_idx, nxt)
-        # candidates among the first nb that ended compete with the finished hypotheses
-        just = hits & first_n
-        s = top_s / ((cur + 1 - P) ** gen.length_penalty)
-        full = fin_done.all(-1, keepdim=True) & (gen.early_stopping is True)
-        s = s + (full | ~improvable).float() * NEG + (~just).float() * NEG
-        best = torch.cat([fin_scores, s], 1).topk(nb).indices
-        finished = _gather(torch.cat([finished, cand], 1), best)
-        fin_scores = _gather(torch.cat([fin_scores, s], 1), best)
-        fin_idx = _gather(torch.cat([fin_idx, cand_idx], 1), best)
-        fin_done = _gather(torch.cat([fin_done, just], 1), best)
-        stepper.reorder(run_idx[:, :, cur - P].reshape(-1))
-        cur += 1
-        # can a running beam still beat the worst finished one? (length-penalty heuristic, as HF)
-        length = (L - P) if gen.early_stopping == "never" and gen.length_penalty > 0 else (cur - P)
-        best_running = run_scores[:, :1] / (length ** gen.length_penalty)
-        worst = torch.where(fin_done, fin_scores.min(1, keepdim=True).values, NEG)
-        improvable = improvable & (best_running > worst).any(-1, keepdim=True)
-        if not (bool(improvable.any()) and not (bool(fin_done.all()) and gen.early_stopping is True)
-                and not bool(hits.all())):
-            break
-        logits = stepper.step(running[:, :, cur - 1].reshape(-1, 1))
-    nrs = plan.num_return_sequences
-    seqs = finished[:, :nrs].reshape(B * nrs, L)
-    idx = fin_idx[:, :nrs].reshape(B * nrs, L - P)
-    n_gen = int((idx != -1).sum(1).max())
-    return GenerateOutput(sequences=seqs[:, :P + n_gen], scores=tuple(scores_seen) if want_scores else None,
-                          sequences_scores=fin_scores[:, :nrs].reshape(-1), beam_indices=idx[:, :n_gen])
-
-
 # ------------------------------------------------------------------------------- the mixin
-class GenerationMixin:
-    """``generate`` for :class:`~encdec_pt.EncoderDecoderModel`."""
+class GenerationMixin(GenerationConfigMixin):
+    """The decoding contract and ``generate`` for :class:`~encdec_pt.EncoderDecoderModel`."""
 
-    def set_generation_config(self, gen: GenerationConfig) -> None:
-        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
-        self.generation_config = gen
-        self._derived_tokens = derived_tokens(gen)
+    def encode(self, input_ids, attention_mask=None, **kwargs) -> BaseModelOutput:
+        """The encoder's outputs for ``input_ids`` (B, S): ``last_hidden_state`` (B, S, D_enc), ..."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
-        gen = generation_config if generation_config is not None else self.generation_config
-        return config_for_call(gen, self.config, getattr(self, "_derived_tokens", {}), kwargs)
+    def init_cache(self, batch_size: int, max_length: int, encoder_outputs, attention_mask=None) -> DecoderCache:
+        """An empty cache of ``max_length`` decoder positions for ``batch_size`` rows (a multiple of the B sources).
 
-    def _encode_for_generation(self, input_ids, attention_mask, encoder_outputs, pad_id, eos_ids):
+        ``encoder_outputs`` (a ``BaseModelOutput``, HF tuple, or the (B, S, D_enc) states) and the
+        source ``attention_mask`` (B, S): the projection and every layer's cross-attention keys
+        and values are computed here, once per generation, and shared by a source's rows.
+        """
+        states = encoder_states(encoder_outputs)
+        if states is None or states.dim() != 3 or batch_size % states.shape[0]:
+            raise InputError(
+                f"init_cache: batch_size={batch_size} must be a multiple of the encoder_outputs' batch "
+                f"(states of shape (batch, length, width), got {None if states is None else tuple(states.shape)})"
+            )
+        limit = max_positions(self.config.decoder)
+        if limit is not None and max_length > limit:
+            raise InputError(f"init_cache: max_length={max_length} exceeds the {limit} positions the decoder embeds")
+        if self.enc_to_dec_proj is not None:
+            states = self.enc_to_dec_proj(states)
+        return allocate_cache(self.decoder.cross_keys_values(states), batch_size, max_length, attention_mask)
+
+    def decode_step(self, decoder_input_ids, cache: DecoderCache, decoder_attention_mask=None):
+        """Decode ``decoder_input_ids`` (N, T) at the cache's index: -> (logits (N,T,V), the cache advanced by T).
+
+        ``decoder_attention_mask`` (N, max_length), if the decoder inputs have padding, covers the
+        whole cache. The cache's buffers are written in place.
+        """
+        t = decoder_input_ids.shape[1]
+        if not is_static(cache) and cache.index + t > cache.max_length:
+            raise InputError(
+                f"decode_step: positions up to {cache.index + t} do not fit a cache of "
+                f"max_length={cache.max_length}; build it with a larger init_cache(max_length=...)"
+            )
+        return _step(self.decoder, decoder_input_ids, cache, decoder_attention_mask), cache._replace(
+            index=cache.index + t
+        )
+
+    def _source(self, input_ids, attention_mask, encoder_outputs, probe):
+        """(encoder outputs, source mask or None) for generate."""
         if encoder_outputs is None:
             if input_ids is None:
                 raise InputError("generate: give input_ids (the source tokens) or encoder_outputs")
-            check_batch(self.config.encoder, None, input_ids=tuple(input_ids.shape),
-                        attention_mask=None if attention_mask is None else tuple(attention_mask.shape))
-            if attention_mask is None and pad_id is not None and pad_id not in eos_ids and bool((input_ids == pad_id).any()):
-                attention_mask = (input_ids != pad_id).long()  # inferred from padding, as HF
-            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        elif isinstance(encoder_outputs, (tuple, list)):
-            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
-        enc = encoder_outputs.last_hidden_state
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(enc.shape[:2]):
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(enc.shape[:2])}")
-        if self.enc_to_dec_proj is not None:
-            enc = self.enc_to_dec_proj(enc)
-        return enc, attention_mask
+            check_batch(
+                self.config.encoder,
+                None,
+                input_ids=tuple(input_ids.shape),
+                attention_mask=None if attention_mask is None else tuple(attention_mask.shape),
+            )
+            pad = mask_pad_id(probe)
+            if attention_mask is None and pad is not None and bool((input_ids == pad).any()):
+                attention_mask = (input_ids != pad).long()  # inferred from padding, as HF
+            encoder_outputs = self.encode(input_ids, attention_mask)
+        states = encoder_states(encoder_outputs)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(states.shape[:2]):
+            raise InputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(states.shape[:2])}"
+            )
+        return encoder_outputs, attention_mask
+
+    def _decoder_prompt(self, b: int, start_id: int, decoder_input_ids, decoder_attention_mask, device):
+        """(prompt (B,P), its mask (B,P) or None): the start token, or it followed by the given ids."""
+        start = torch.full((b, 1), start_id, dtype=torch.long, device=device)
+        if decoder_input_ids is None:
+            return start, None
+        if decoder_input_ids.dim() != 2 or decoder_input_ids.shape[0] != b:
+            raise InputError(f"decoder_input_ids expected shape ({b}, length), got {tuple(decoder_input_ids.shape)}")
+        prompt, mask = decoder_input_ids.to(device), decoder_attention_mask
+        if prepend_start(prompt[:, 0].tolist(), start_id):
+            prompt = torch.cat([start, prompt], 1)
+            mask = None if mask is None else torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+        return prompt, mask
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, *, encoder_outputs=None, decoder_input_ids=None,
-                 decoder_attention_mask=None, generation_config: GenerationConfig | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = None, compile=False, **kwargs):
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        *,
+        encoder_outputs=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        generation_config: GenerationConfig | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        compile=False,
+        **kwargs,
+    ):
         """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
 
         Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
@@ -347,37 +356,42 @@ class GenerationMixin:
         (rows, length), or a :class:`GenerateOutput` with ``return_dict_in_generate=True``.
         """
         gen = self._generation_config(generation_config, kwargs)
-        probe = resolve(gen, prompt_length=1, vocab_size=self.config.decoder.vocab_size)  # tokens checked up front
-        enc, enc_mask = self._encode_for_generation(input_ids, attention_mask, encoder_outputs, probe.pad_id, probe.eos_ids)
-        b, dev = enc.shape[0], enc.device
-        start = torch.full((b, 1), probe.start_id, dtype=torch.long, device=dev)
-        if decoder_input_ids is None:
-            prompt, prompt_mask = start, None
-        else:
-            if decoder_input_ids.dim() != 2 or decoder_input_ids.shape[0] != b:
-                raise InputError(f"decoder_input_ids expected shape ({b}, length), got {tuple(decoder_input_ids.shape)}")
-            prompt, prompt_mask = decoder_input_ids.to(dev), decoder_attention_mask
-            if bool((prompt[:, 0] != probe.start_id).all()):
-                prompt = torch.cat([start, prompt], 1)
-                if prompt_mask is not None:
-                    prompt_mask = torch.cat([torch.ones_like(prompt_mask[:, :1]), prompt_mask], 1)
-        plan = resolve(gen, prompt_length=prompt.shape[1], vocab_size=self.config.decoder.vocab_size,
-                       max_positions=max_positions(self.config.decoder))
-        g = plan.num_beams if plan.num_beams > 1 else (plan.num_return_sequences if gen.do_sample else 1)
-        prompt = prompt.repeat_interleave(g, 0)
+        vocab = self.config.decoder.vocab_size
+        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
+        encoder_outputs, mask = self._source(input_ids, attention_mask, encoder_outputs, probe)
+        states = encoder_states(encoder_outputs)
+        b, dev = states.shape[0], states.device
+        prompt, prompt_mask = self._decoder_prompt(b, probe.start_id, decoder_input_ids, decoder_attention_mask, dev)
+        plan = resolve(
+            gen, prompt_length=prompt.shape[1], vocab_size=vocab, max_positions=max_positions(self.config.decoder)
+        )
+        g, p = plan.rows_per_source, plan.prompt_length
         dec_mask = None
-        if prompt_mask is not None:
-            ones = prompt_mask.new_ones(b, plan.max_length - prompt_mask.shape[1])
-            dec_mask = torch.cat([prompt_mask, ones], 1).repeat_interleave(g, 0)
+        if prompt_mask is not None:  # with a cache the decoder mask covers the L slots
+            dec_mask = torch.cat([prompt_mask, prompt_mask.new_ones(b, plan.max_length - p)], 1).repeat_interleave(g, 0)
         if generator is None and seed is not None:
             generator = torch.Generator(device=dev).manual_seed(seed)
-        stepper = Stepper(self, enc, enc_mask, b * g, plan.max_length, dec_mask, compile)
-        run = beam_search if plan.num_beams > 1 else greedy_or_sample
-        out = run(stepper, prompt, plan, build_processors(plan), generator,
-                  gen.return_dict_in_generate and gen.output_scores)
-        if gen.return_dict_in_generate:
-            return out
-        return out.sequences
+        cache = self.init_cache(b * g, plan.max_length, states, mask)
+        step = _compiled_step(compile) if compile else _step
+        if compile:  # a tensor index: every step has the same shapes (see encdec_pt.layers.allocate_cache)
+            cache = cache._replace(index=torch.zeros((), dtype=torch.long, device=dev))
+        prompt = prompt.repeat_interleave(g, 0)  # (N, P)
+        # the prompt but its last token, which the loop feeds; a static cache takes one token per call (one graph)
+        chunks = [prompt[:, j : j + 1] for j in range(p - 1)] if compile else [prompt[:, : p - 1]] if p > 1 else []
+        for ids in chunks:
+            step(self.decoder, ids, cache, dec_mask)
+            cache = cache._replace(index=cache.index + ids.shape[1])
+        want_scores = gen.return_dict_in_generate and gen.output_scores
+        ops = TorchOps(plan, build_processors(processor_specs(plan), PROCESSORS), dev)
+        search = make_search(ops, **search_settings(plan, vocab))
+        scores = torch.zeros((plan.max_new_tokens, b * g, vocab), device=dev) if want_scores else None
+        state = search.init(prompt, cache, generator, scores)
+        with packed_weights():  # decode steps of a few rows stream prepacked weights (encdec_pt.kernels)
+            while bool(search.cond(state)):
+                logits = step(self.decoder, search.last_tokens(state), state.cache, dec_mask)[:, -1].float()  # (N, V)
+                state = search.body(state._replace(cache=state.cache._replace(index=state.cache.index + 1)), logits)
+        out = trim(search.outputs(state), p, want_scores)
+        return out if gen.return_dict_in_generate else out.sequences
 
 
-__all__ = ["GenerationMixin", "build_processors", "run_processors", "greedy_or_sample", "beam_search", "Stepper"]
+__all__ = ["GenerationMixin", "TorchOps", "PROCESSORS"]

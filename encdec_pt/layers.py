@@ -12,13 +12,13 @@ H heads, K head width (D / H), I feed-forward width, V vocabulary.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encdec_core.configs import ACTIVATIONS, GPT2Config, PretrainedConfig
+from encdec_core.configs import ACTIVATIONS, PretrainedConfig
+from encdec_core.decoding import DecoderCache, LayerCache
+from encdec_pt.kernels import Linear, linear
 
 
 def activation(name: str):
@@ -37,18 +37,7 @@ class Conv1D(nn.Module):
         nn.init.normal_(self.weight, std=0.02)  # as HF's Conv1D: never uninitialised memory (a no-op under skip_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
-
-
-def layer_norm_eps(config: PretrainedConfig) -> float:
-    return config.layer_norm_epsilon if isinstance(config, GPT2Config) else config.layer_norm_eps
-
-
-def dropouts(config: PretrainedConfig) -> tuple[float, float]:
-    """(hidden dropout, attention-probability dropout)."""
-    if isinstance(config, GPT2Config):
-        return config.resid_pdrop, config.attn_pdrop
-    return config.hidden_dropout_prob, config.attention_probs_dropout_prob
+        return linear(x, self.weight, self.bias, owner=self, transposed=True)
 
 
 def attend(q, k, v, mask, *, scale: float, dropout: float, need_weights: bool):
@@ -75,26 +64,21 @@ class Attention(nn.Module):
 
     def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0):
         super().__init__()
-        d, h = config.hidden_size, config.num_attention_heads
-        kv_in = (config.cross_attention_hidden_size or d) if cross else d
-        self.n_heads, self.head_dim, self.gpt2, self.cross = h, d // h, gpt2, cross
-        self.attn_dropout = dropouts(config)[1]
-        scale = 1.0 / math.sqrt(self.head_dim)
+        d, kv_in = config.hidden_size, config.cross_width if cross else config.hidden_size
+        self.n_heads, self.head_dim, self.gpt2, self.cross = config.num_attention_heads, config.head_dim, gpt2, cross
+        self.attn_dropout, scale = config.attn_dropout, config.attention_scale(layer_idx)
         if gpt2:
-            scale = scale if config.scale_attn_weights else 1.0
-            if config.scale_attn_by_inverse_layer_idx:
-                scale /= layer_idx + 1
             if cross:
                 self.q_attn = Conv1D(d, d)
                 self.c_attn = Conv1D(kv_in, 2 * d)
             else:
                 self.c_attn = Conv1D(d, 3 * d)
             self.c_proj = Conv1D(d, d)
-            self.resid_dropout = nn.Dropout(config.resid_pdrop)
+            self.resid_dropout = nn.Dropout(config.hidden_dropout)
         else:
-            self.query = nn.Linear(d, d)
-            self.key = nn.Linear(kv_in, d)
-            self.value = nn.Linear(kv_in, d)
+            self.query = Linear(d, d)
+            self.key = Linear(kv_in, d)
+            self.value = Linear(kv_in, d)
         self.scale = scale
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +93,11 @@ class Attention(nn.Module):
             k, v = self.key(src), self.value(src)
         return self._split(k), self._split(v)
 
-    def forward(self, x, mask=None, *, kv=None, past=None, use_cache=False, need_weights=False):
+    def forward(self, x, mask=None, *, kv=None, past=None, cache_index=None, use_cache=False, need_weights=False):
         """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None).
 
-        ``past`` is a (k, v) tuple or a :class:`LayerCache` (generation's preallocated cache).
+        ``past`` is a (k, v) tuple or a :class:`~encdec_core.decoding.LayerCache` (the preallocated
+        cache, written at ``cache_index``: see :func:`write_cache`).
         """
         n, t = x.shape[:2]
         if self.cross:
@@ -120,14 +105,14 @@ class Attention(nn.Module):
             if past is None:
                 k, v = self.keys_values(kv)
             else:  # computed once per generation
-                k, v = (past.cross_k, past.cross_v) if isinstance(past, LayerCache) else past
+                k, v = (past.cross_key, past.cross_value) if isinstance(past, LayerCache) else past
         else:
             if self.gpt2:
                 q, k, v = (self._split(a) for a in self.c_attn(x).split(self.n_heads * self.head_dim, dim=-1))
             else:
                 q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
             if isinstance(past, LayerCache):
-                k, v = past.update(k, v)
+                k, v = write_cache(past.key, k, cache_index), write_cache(past.value, v, cache_index)
             elif past is not None:  # a (k, v) tuple: append this step's keys/values
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         p = self.attn_dropout if self.training else 0.0
@@ -138,7 +123,9 @@ class Attention(nn.Module):
         if g > 1:  # (B,H,g*T,.) -> (B*g,H,T,.)
             ctx = ctx.view(k.shape[0], ctx.shape[1], g, t, -1).transpose(1, 2).reshape(n, ctx.shape[1], t, -1)
             if probs is not None:
-                probs = probs.view(k.shape[0], probs.shape[1], g, t, -1).transpose(1, 2).reshape(n, probs.shape[1], t, -1)
+                probs = (
+                    probs.view(k.shape[0], probs.shape[1], g, t, -1).transpose(1, 2).reshape(n, probs.shape[1], t, -1)
+                )
         ctx = ctx.transpose(1, 2).reshape(n, t, -1)  # (B,T,D)
         if self.gpt2:
             ctx = self.resid_dropout(self.c_proj(ctx))
@@ -150,9 +137,9 @@ class AddNorm(nn.Module):
 
     def __init__(self, config: PretrainedConfig, n_in: int):
         super().__init__()
-        self.dense = nn.Linear(n_in, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=layer_norm_eps(config))
-        self.dropout = nn.Dropout(dropouts(config)[0])
+        self.dense = Linear(n_in, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -176,11 +163,11 @@ class FeedForward(nn.Module):
         self.gpt2 = gpt2
         if gpt2:
             self.c_fc, self.c_proj = Conv1D(d, i), Conv1D(i, d)
-            self.dropout = nn.Dropout(config.resid_pdrop)
-            self.act = activation(config.activation_function)
+            self.dropout = nn.Dropout(config.hidden_dropout)
+            self.act = activation(config.act_name)
         else:
-            self.dense = nn.Linear(d, i)
-            self.act = activation(config.hidden_act)
+            self.dense = Linear(d, i)
+            self.act = activation(config.act_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gpt2:
@@ -198,7 +185,7 @@ class Block(nn.Module):
     def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool):
         super().__init__()
         self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
-        eps = layer_norm_eps(config)
+        eps = config.norm_eps
         if gpt2:
             self.ln_1 = nn.LayerNorm(config.hidden_size, eps=eps)
             self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx)
@@ -222,25 +209,43 @@ class Block(nn.Module):
         ctx, present, probs = attn(x, **kw)
         return out(ctx, x), present, probs
 
-    def forward(self, x, mask=None, enc=None, enc_mask=None, past=None, use_cache=False, need_weights=False):
-        """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs)."""
+    def forward(
+        self, x, mask=None, enc=None, enc_mask=None, past=None, use_cache=False, need_weights=False, cache_index=None
+    ):
+        """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs).
+
+        ``past``: HF's tuple, or a :class:`~encdec_core.decoding.LayerCache` written at ``cache_index``.
+        """
         g = self.gpt2
+        cached = isinstance(past, LayerCache)
         kw = dict(use_cache=use_cache, need_weights=need_weights)
         self_attn = self.attn if g else self.attention.self
         x, present, p_self = self._sublayer(
-            x, getattr(self, "ln_1", None), self_attn, None if g else self.attention.output,
-            mask=mask, past=past if isinstance(past, LayerCache) or past is None else past[:2], **kw,
+            x,
+            getattr(self, "ln_1", None),
+            self_attn,
+            None if g else self.attention.output,
+            mask=mask,
+            past=past if cached or past is None else past[:2],
+            cache_index=cache_index,
+            **kw,
         )
         p_cross = None
-        if self.has_cross and enc is not None:
+        if self.has_cross and (enc is not None or (cached and past.cross_key is not None)):
             cross = self.crossattention if g else self.crossattention.self
             x, present_x, p_cross = self._sublayer(
-                x, getattr(self, "ln_cross_attn", None), cross, None if g else self.crossattention.output,
-                mask=enc_mask, kv=enc, past=_cross_past(past), **kw,
+                x,
+                getattr(self, "ln_cross_attn", None),
+                cross,
+                None if g else self.crossattention.output,
+                mask=enc_mask,
+                kv=enc,
+                past=_cross_past(past),
+                **kw,
             )
             present = present + present_x if use_cache else None
         x = x + self.mlp(self.ln_2(x)) if g else self.output(self.intermediate(x), x)
-        return x, (past if isinstance(past, LayerCache) else present), p_self, p_cross
+        return x, (past if cached else present), p_self, p_cross
 
 
 def _cross_past(past):
@@ -250,72 +255,46 @@ def _cross_past(past):
     return past[2:] if len(past) >= 4 else None
 
 
-class Cache:
-    """Generation's key/value cache: preallocated, written in place, cross-attention computed once.
+def allocate_cache(
+    cross: list[tuple[torch.Tensor, torch.Tensor]], rows: int, max_length: int, encoder_attention_mask=None
+) -> DecoderCache:
+    """A :class:`~encdec_core.decoding.DecoderCache`: empty self-attention slots (N,H,L,K) for ``rows`` rows
+    beside each layer's cross keys/values (B,H,S,K) (the g = N / B rows of a source share them).
 
-    Per layer (:class:`LayerCache`): self-attention keys/values ``(N, H, L, K)`` for N decoder
-    rows and L = ``max_length`` slots, and cross-attention keys/values ``(B, H, S, K)`` for the
-    B sources (N = B * g: the g beams or samples of a source share them, see
-    :meth:`Attention.forward`). ``position`` counts the slots filled. Eager mode
-    (``static=False``) attends to the filled slots ``[:position + T]`` (views, no copies);
-    static mode (``static=True``, for ``torch.compile``) keeps ``position`` a tensor, attends
-    to all L slots and masks the unfilled ones, so every step has the same shapes.
+    With an int index (eager), attention reads the filled slots ``[:index + T]`` (views, no
+    copies). With a tensor index (the static cache of ``torch.compile``: ``cache._replace(index=
+    torch.zeros((), dtype=torch.long))``), it reads all L slots and masks the unfilled ones, so
+    every step has the same shapes.
     """
-
-    def __init__(self, layers: list[tuple[torch.Tensor, ...]], position, *, static: bool):
-        self.static, self.position = static, position
-        self.max_length = layers[0][0].shape[2]
-        self.layers = [LayerCache(self, *layer) for layer in layers]
-
-    @classmethod
-    def allocate(cls, cross: list[tuple[torch.Tensor, torch.Tensor]], rows: int, max_length: int, *,
-                 static: bool = False) -> Cache:
-        """Empty self-attention slots for ``rows`` rows beside the given cross keys/values."""
-        layers = []
-        for ck, cv in cross:
-            shape = (rows, ck.shape[1], max_length, ck.shape[3])
-            layers.append((ck.new_zeros(shape), ck.new_zeros(shape), ck, cv))
-        position = torch.zeros((), dtype=torch.long, device=cross[0][0].device) if static else 0
-        return cls(layers, position, static=static)
-
-    def buffers(self) -> list[tuple[torch.Tensor, ...]]:
-        return [(c.k, c.v, c.cross_k, c.cross_v) for c in self.layers]
-
-    def __getitem__(self, i: int) -> LayerCache:
-        return self.layers[i]
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def advance(self, t: int) -> None:
-        """After a step of T tokens: those slots are now filled."""
-        self.position = self.position + t
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Beam search: row i continues the hypothesis of row ``rows[i]`` (cross k/v are per source: unchanged)."""
-        n = self.max_length if self.static else self.position
-        for layer in self.layers:
-            layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, rows)
-            layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, rows)
+    layers = []
+    for ck, cv in cross:
+        shape = (rows, ck.shape[1], max_length, ck.shape[3])
+        layers.append(LayerCache(ck.new_zeros(shape), ck.new_zeros(shape), ck, cv))
+    return DecoderCache(0, tuple(layers), encoder_attention_mask)
 
 
-class LayerCache:
-    """One layer's slots of a :class:`Cache`."""
+def is_static(cache: DecoderCache) -> bool:
+    return isinstance(cache.index, torch.Tensor)
 
-    def __init__(self, cache: Cache, k: torch.Tensor, v: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor):
-        self.cache, self.k, self.v, self.cross_k, self.cross_v = cache, k, v, cross_k, cross_v
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's keys/values (N,H,T,K) at ``position``; return the keys/values to attend to."""
-        p, t = self.cache.position, k.shape[2]
-        if self.cache.static:
-            idx = p + torch.arange(t, device=k.device)
-            self.k.index_copy_(2, idx, k)
-            self.v.index_copy_(2, idx, v)
-            return self.k, self.v
-        self.k[:, :, p:p + t] = k
-        self.v[:, :, p:p + t] = v
-        return self.k[:, :, :p + t], self.v[:, :, :p + t]
+def write_cache(buffer: torch.Tensor, new: torch.Tensor, index) -> torch.Tensor:
+    """Write ``new`` (N,H,T,K) into ``buffer`` (N,H,L,K) at ``index``, in place; return the keys to attend to:
+    the filled slots (int index) or all L slots (tensor index: the static cache of compiled steps)."""
+    t = new.shape[2]
+    if isinstance(index, torch.Tensor):
+        buffer.index_copy_(2, index + torch.arange(t, device=new.device), new)
+        return buffer
+    buffer[:, :, index : index + t] = new
+    return buffer[:, :, : index + t]
+
+
+def reorder_cache(cache: DecoderCache, rows: torch.Tensor) -> DecoderCache:
+    """Beam search: row i continues the hypothesis of row ``rows[i]``, in place (cross k/v are per source)."""
+    n = cache.max_length if is_static(cache) else cache.index
+    for layer in cache.layers:
+        layer.key[:, :, :n] = layer.key[:, :, :n].index_select(0, rows)
+        layer.value[:, :, :n] = layer.value[:, :, :n].index_select(0, rows)
+    return cache
 
 
 def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -326,8 +305,9 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
 
 
-def self_attention_mask(attention_mask, batch: int, t: int, past, *, causal: bool, dtype, device,
-                        key_length: int | None = None):
+def self_attention_mask(
+    attention_mask, batch: int, t: int, past, *, causal: bool, dtype, device, key_length: int | None = None
+):
     """(B, S) padding mask and causality -> additive (B,1,T,S) mask, or None if nothing is masked.
 
     S = past + T, or ``key_length`` for a static cache (``past`` then is a tensor and the slots
@@ -354,15 +334,31 @@ def cross_attention_mask(encoder_attention_mask, dtype):
     return additive_mask(encoder_attention_mask[:, None, None, :], dtype)
 
 
-def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, use_cache, output_attentions,
-               output_hidden_states, checkpointing: bool):
+def run_blocks(
+    blocks,
+    x,
+    *,
+    mask,
+    enc,
+    enc_mask,
+    past_key_values,
+    use_cache,
+    output_attentions,
+    output_hidden_states,
+    checkpointing: bool,
+):
     """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
     hidden, attns, cross_attns, presents = [], [], [], []
+    cached = isinstance(past_key_values, DecoderCache)
+    pasts = past_key_values.layers if cached else past_key_values
+    index = past_key_values.index if cached else None
     for i, block in enumerate(blocks):
         if output_hidden_states:
             hidden.append(x)
-        past = None if past_key_values is None else past_key_values[i]
-        if checkpointing:
+        past = None if pasts is None else pasts[i]
+        if cached:  # written in place at the cache index
+            out = block(x, mask, enc, enc_mask, past, use_cache, output_attentions, cache_index=index)
+        elif checkpointing:
             out = torch.utils.checkpoint.checkpoint(
                 block, x, mask, enc, enc_mask, past, use_cache, output_attentions, use_reentrant=False
             )
@@ -374,8 +370,9 @@ def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, use_cache, ou
         cross_attns.append(p_cross)
     return x, {
         "hidden_states": hidden,
-        "past_key_values": past_key_values if isinstance(past_key_values, Cache) else (
-            tuple(presents) if use_cache else None),
+        "past_key_values": past_key_values._replace(index=index + x.shape[1])
+        if cached
+        else (tuple(presents) if use_cache else None),
         "attentions": tuple(attns) if output_attentions else None,
         "cross_attentions": tuple(cross_attns) if output_attentions and enc is not None else None,
     }

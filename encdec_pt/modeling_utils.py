@@ -9,6 +9,8 @@ cross-attention, a projection) are materialised and initialised.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import logging
 import os
 from pathlib import Path
@@ -17,21 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from conversion.formats import open_source
 from encdec_core import checkpoint as ckpt_io
-from encdec_core.configs import PretrainedConfig, load_config, with_overrides
+from encdec_core import driver
+from encdec_core.configs import PretrainedConfig
 from encdec_core.errors import ConfigError, InputError
-from encdec_core.hub import resolve_checkpoint
+from encdec_core.formats.canonical import open_source
+from encdec_core.formats.dtypes import dtype_code
+from encdec_core.formats.fit import check_config_fits
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
-from encdec_core.tables import Param, Tie, model_table, model_ties
+from encdec_core.tables import Param, Tie, encoder_decoder_table, model_table, model_ties, with_tied_copies
 
 logger = logging.getLogger("encdec")
 
+# True while a model's constructor runs: parts built inside it leave the init to the outermost model
+_BUILDING = contextvars.ContextVar("encdec_pt_building", default=False)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-             torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
-HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 
 
 def check_ids(config: PretrainedConfig, ids: torch.Tensor | None, name: str) -> None:
@@ -59,11 +62,35 @@ def to_raw(t: torch.Tensor) -> ckpt_io.RawTensor:
     """A CPU tensor as a safetensors record, bf16 included (numpy cannot hold bf16)."""
     t = t.detach().to("cpu").contiguous()
     data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-    return ckpt_io.RawTensor(_ST_CODES[t.dtype], tuple(t.shape), memoryview(data) if len(data) else b"")
+    return ckpt_io.RawTensor(dtype_code(t.dtype), tuple(t.shape), memoryview(data) if len(data) else b"")
+
+
+def _init_after_build(init):
+    """Wrap a model constructor: the outermost model built gets HF's init (Transformers' ``post_init``)."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if _BUILDING.get():
+            return init(self, *args, **kwargs)
+        token = _BUILDING.set(True)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            _BUILDING.reset(token)
+        self.post_init()
+
+    return wrapped
 
 
 class PreTrainedModel(nn.Module):
-    """Base of every encdec PyTorch model: config, weight table, ties, load and save."""
+    """Base of every encdec PyTorch model: config, weight table, ties, load and save.
+
+    A model built directly (``BertModel(config)``) is initialised as Transformers does it, with
+    normal(0, ``initializer_range``) weights, once, by the outermost constructor; a model built
+    by ``from_pretrained`` (on the meta device) is filled from its checkpoint instead.
+    """
+
+    init_on_build = True  # the encoder-decoder wrapper initialises only the parts it builds
 
     config_class: type[PretrainedConfig] = PretrainedConfig
     role = "encoder"  # encoder | decoder: which table describes the stored weights
@@ -77,6 +104,20 @@ class PreTrainedModel(nn.Module):
             )
         self.config = config
         self.gradient_checkpointing = False
+        self.register_load_state_dict_post_hook(_tied_are_not_missing)
+
+    def state_dict(self, *args, **kwargs):
+        """The module's tensors without the tied duplicates (the names a checkpoint stores).
+
+        safetensors refuses tensors that share memory, and Transformers' Trainer saves this
+        dict as it is for a model that is not its own; ``load_state_dict`` (strict too) fills
+        the ties from their sources.
+        """
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for tie in self.weight_ties():
+            state.pop(prefix + tie.pt, None)
+        return state
 
     # ------------------------------------------------------------------ tables and ties
     def weight_table(self) -> list[Param]:
@@ -113,12 +154,23 @@ class PreTrainedModel(nn.Module):
     def init_std(self) -> float:
         return self.config.initializer_range
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _init_after_build(cls.__init__)
+
+    def post_init(self) -> None:
+        """HF's init of every weight, then the ties; nothing for shapes-only (meta) models."""
+        if not self.init_on_build:
+            return
+        first = next(self.parameters(), None)
+        if first is not None and not first.is_meta:
+            self.init_weights()
+            self.tie_weights()
+
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs):
-        model = cls(config, **kwargs)
-        model.init_weights()
-        model.tie_weights()
-        return model
+        return cls(config, **kwargs)  # initialised by the constructor (post_init)
 
     # ------------------------------------------------------------------ gradient checkpointing
     def gradient_checkpointing_enable(self) -> None:
@@ -131,33 +183,41 @@ class PreTrainedModel(nn.Module):
             if isinstance(m, PreTrainedModel):
                 m.gradient_checkpointing = False
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tie counts once), as HF's (Transformers' Trainer asks it for FLOP counts)."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(
+            p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable)
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
-                        torch_dtype: Any = None, strict: bool = False, output_loading_info: bool = False,
-                        log_report: bool = True, **kwargs):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *model_args,
+        config: PretrainedConfig | None = None,
+        torch_dtype: Any = None,
+        strict: bool = False,
+        output_loading_info: bool = False,
+        log_report: bool = True,
+        **kwargs,
+    ):
         """Load from a local folder or a Hub repo id (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
 
-        Other keyword arguments set config fields (``is_decoder=True``, ``add_cross_attention=True``).
-        ``strict=True`` raises one error listing every missing or unexpected key; the loading
-        report is logged as one line unless ``log_report=False``.
+        Other keyword arguments set config fields (``is_decoder=True``, ``add_cross_attention=True``);
+        Transformers' loading flags (:data:`encdec_core.driver.LOAD_FLAGS`: ``low_cpu_mem_usage``,
+        ``attn_implementation``, ...) are accepted and never stored in the config (``dtype`` is
+        ``torch_dtype``'s newer name). ``strict=True`` raises one error listing every missing or
+        unexpected key; the loading report is logged as one line unless ``log_report=False``.
         """
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        folder = resolve_checkpoint(name_or_path, **hub)
-        if config is None:
-            config = load_config(folder)
-        config = with_overrides(config, kwargs)
-        if not isinstance(config, cls.config_class):
-            raise ConfigError(
-                f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
-                f"{cls.__name__} (expects {cls.config_class.model_type!r})"
-            )
+        folder, config, flags = driver.prepare_load(cls, name_or_path, config, kwargs)
+        formats = driver.weight_formats(("pt", "bin"), flags)  # a TF or Flax checkpoint is read too
+        check_config_fits(config, folder, role=cls.role, accept=formats)  # before building anything
         with torch.device("meta"), skip_init():
             model = cls(config, *model_args)
-        report = load_weights(model, folder, dtype=resolve_dtype(torch_dtype))
+        dtype = torch_dtype if torch_dtype is not None else flags.get("dtype")
+        report = load_weights(model, folder, dtype=resolve_dtype(dtype), formats=formats)
         report.raise_if(strict)
         if log_report:
             report.log(logger)
@@ -179,9 +239,15 @@ class PreTrainedModel(nn.Module):
         cfg["architectures"] = [type(self).__name__]
         return cfg
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None,
-                        torch_dtype: Any = None, safe_serialization: bool = True,
-                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str | None = None,
+        torch_dtype: Any = None,
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write config.json, generation_config.json (if any) and model.safetensors atomically.
 
         ``torch_dtype`` casts floating weights on the way out (e.g. ``torch.bfloat16``);
@@ -195,6 +261,7 @@ class PreTrainedModel(nn.Module):
             if isinstance(dtype, torch.dtype) and t.is_floating_point():
                 t = t.to(dtype)
             tensors[name] = t
+        tensors = with_tied_copies(self.config, tensors)  # tie_encoder_decoder: both copies, as Transformers 5 needs
         cfg = self.config_to_save()
         some = next(iter(tensors.values()))
         cfg["dtype"] = str(some.dtype).replace("torch.", "")
@@ -205,10 +272,14 @@ class PreTrainedModel(nn.Module):
             if gen:
                 ckpt_io.write_json(tmp / ckpt_io.GENERATION_CONFIG_NAME, gen)
             if safe_serialization:
-                ckpt_io.save_safetensors({k: to_raw(v) for k, v in tensors.items()}, tmp,
-                                         max_shard_size=max_shard_size, metadata={"format": "pt"})
+                ckpt_io.save_safetensors(
+                    {k: to_raw(v) for k, v in tensors.items()},
+                    tmp,
+                    max_shard_size=max_shard_size,
+                    metadata={"format": "pt"},
+                )
             else:
-                from conversion.pt_bin import write_pytorch_bin
+                from encdec_core.formats.pt_bin import write_pytorch_bin
 
                 write_pytorch_bin({k: v.detach().cpu() for k, v in tensors.items()}, tmp, max_shard_size=max_shard_size)
         return folder
@@ -217,8 +288,18 @@ class PreTrainedModel(nn.Module):
         return None
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
-                   "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+)
 
 
 @contextlib.contextmanager
@@ -238,33 +319,55 @@ def skip_init():
             setattr(torch.nn.init, name, fn)
 
 
+def _tied_are_not_missing(module: PreTrainedModel, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: a tied weight absent from the state dict is filled by its source."""
+    tied = {t.pt for t in module.weight_ties()}
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if k not in tied]
+
+
 def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     path, _, leaf = name.rpartition(".")
     return (root.get_submodule(path) if path else root), leaf
 
 
 @contextlib.contextmanager
-def open_state(folder: Path):
-    """Yield (shapes, get) over the weights in ``folder``: canonical safetensors (lazy, mmap) or pytorch_model.bin.
+def open_state(folder: Path, table: list[Param] | None = None, formats: tuple[str, ...] = ("pt", "bin")):
+    """Yield (shapes, get) over the weights in ``folder``: by default canonical safetensors (lazy, mmap) or
+    pytorch_model.bin; ``formats`` may add TF and Flax ones, whose names ``table`` translates.
 
-    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends;
+    The reading is :func:`encdec_core.formats.canonical.open_source`'s, shared by the three backends;
     ``get`` returns torch tensors (memory-mapped from safetensors, dtypes as stored).
     """
-    with open_source(folder, accept=("pt", "bin"), what="PyTorch ") as source:
+    what = "PyTorch " if set(formats) <= {"pt", "bin"} else ""
+    with open_source(folder, table, accept=formats, what=what) as source:
         yield source.shapes, (lambda k: source.get_tensor(k, "pt"))
 
 
 @torch.no_grad()
-def load_weights(model: PreTrainedModel, folder: Path, *, dtype=None, params: list[Param] | None = None,
-                 ties: list[Tie] | None = None, base_prefix: str | None = None) -> LoadingReport:
-    """Fill a (meta-device) model from ``folder``; initialise what the checkpoint lacks."""
+def load_weights(
+    model: PreTrainedModel,
+    folder: Path,
+    *,
+    dtype=None,
+    params: list[Param] | None = None,
+    ties: list[Tie] | None = None,
+    base_prefix: str | None = None,
+    formats: tuple[str, ...] = ("pt", "bin"),
+) -> LoadingReport:
+    """Fill a (meta-device) model from ``folder`` (in the first of ``formats`` it holds); initialise what it lacks."""
     params = model.weight_table() if params is None else params
     ties = model.weight_ties() if ties is None else ties
     prefix = model.base_model_prefix if base_prefix is None else base_prefix
     model_params = dict(model.named_parameters(remove_duplicate=False))
-    with open_state(folder) as (shapes, get):
-        plan = plan_load(params, shapes, {p.pt: tuple(model_params[p.pt].shape) for p in params},
-                         ties=ties, base_prefix=prefix, source=str(folder))
+    with open_state(folder, _untied_table(model, params), formats) as (shapes, get):
+        plan = plan_load(
+            params,
+            shapes,
+            {p.pt: tuple(model_params[p.pt].shape) for p in params},
+            ties=ties,
+            base_prefix=prefix,
+            source=str(folder),
+        )
         if plan.report.mismatched:
             plan.report.raise_if(True)
         casts = set()
@@ -285,6 +388,16 @@ def load_weights(model: PreTrainedModel, folder: Path, *, dtype=None, params: li
     model.init_weights(plan.init)
     _tie_all(model, ties)
     return plan.report
+
+
+def _untied_table(model: PreTrainedModel, params: list[Param]) -> list[Param]:
+    """``params`` and, with ``tie_encoder_decoder``, the encoder side too: TF and Flax files store both copies."""
+    config = model.config
+    if not getattr(config, "tie_encoder_decoder", False) or getattr(config, "encoder", None) is None:
+        return params
+    untied = config.copy()
+    untied.tie_encoder_decoder = False
+    return encoder_decoder_table(untied)
 
 
 def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -10,15 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encdec_core import driver
 from encdec_core.configs import BertConfig, GPT2Config, RobertaConfig
-from encdec_core.outputs import BaseModelOutput, CausalLMOutput
+from encdec_core.decoding import DecoderCache
+from encdec_core.outputs import BaseModelOutput
 from encdec_core.registry import register_model
+from encdec_pt.kernels import Linear
 from encdec_pt.layers import (
     Block,
-    Cache,
     activation,
     cross_attention_mask,
-    layer_norm_eps,
+    is_static,
     run_blocks,
     self_attention_mask,
 )
@@ -41,11 +43,11 @@ class Embeddings(nn.Module):
         self.padding_idx = pad
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=pad)
         self.position_embeddings = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size, padding_idx=pad if self.roberta else None
+            config.num_positions, config.hidden_size, padding_idx=pad if self.roberta else None
         )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.embed_dropout)
 
     def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, past: int = 0):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
@@ -75,24 +77,26 @@ class Pooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(x[:, 0]))
 
 
 def _past_length(past_key_values):
-    """Tokens already cached: an int, or a tensor for a static :class:`Cache` (so compiled steps share a graph)."""
+    """Tokens already cached: an int, or a tensor for a static :class:`DecoderCache` (compiled steps share a graph)."""
     if past_key_values is None:
         return 0
-    if isinstance(past_key_values, Cache):
-        return past_key_values.position
+    if isinstance(past_key_values, DecoderCache):
+        return past_key_values.index
     return past_key_values[0][0].shape[2]
 
 
 def _key_length(past_key_values) -> int | None:
     """A static cache attends to all its slots (masked); otherwise keys are past + new tokens."""
-    return past_key_values.max_length if isinstance(past_key_values, Cache) and past_key_values.static else None
+    return (
+        past_key_values.max_length if isinstance(past_key_values, DecoderCache) and is_static(past_key_values) else None
+    )
 
 
 def _base_outputs(x, extra, pooled=None) -> BaseModelOutput:
@@ -124,24 +128,51 @@ class BertModel(PreTrainedModel):
         return self.embeddings.word_embeddings
 
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-        encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
-        output_attentions=False, output_hidden_states=False, return_dict=True,
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
     ):
         check_ids(self.config, input_ids, "input_ids")
+        output_attentions, output_hidden_states, return_dict = driver.output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         causal = self.config.is_decoder
         use_cache = bool(use_cache if use_cache is not None else self.config.use_cache) and causal
         past = _past_length(past_key_values)
         x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds, past)
         b, t = x.shape[:2]
-        mask = self_attention_mask(attention_mask, b, t, past, causal=causal, dtype=x.dtype, device=x.device,
-                                   key_length=_key_length(past_key_values))
+        mask = self_attention_mask(
+            attention_mask,
+            b,
+            t,
+            past,
+            causal=causal,
+            dtype=x.dtype,
+            device=x.device,
+            key_length=_key_length(past_key_values),
+        )
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
         x, extra = run_blocks(
-            self.encoder.layer, x, mask=mask, enc=encoder_hidden_states,
-            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype), past_key_values=past_key_values,
-            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            self.encoder.layer,
+            x,
+            mask=mask,
+            enc=encoder_hidden_states,
+            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype),
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             checkpointing=self.gradient_checkpointing and self.training,
         )
         if output_hidden_states:
@@ -166,18 +197,18 @@ class LMHead(nn.Module):
 
     def __init__(self, config: BertConfig, *, bert_names: bool):
         super().__init__()
-        d, eps = config.hidden_size, config.layer_norm_eps
+        d, eps = config.hidden_size, config.norm_eps
         self.bert_names = bert_names
         if bert_names:
             self.transform = nn.Module()
-            self.transform.dense = nn.Linear(d, d)
+            self.transform.dense = Linear(d, d)
             self.transform.LayerNorm = nn.LayerNorm(d, eps=eps)
-            self.act = activation(config.hidden_act)
+            self.act = activation(config.act_name)
         else:
-            self.dense = nn.Linear(d, d)
+            self.dense = Linear(d, d)
             self.layer_norm = nn.LayerNorm(d, eps=eps)
             self.act = activation("gelu")  # RoBERTa's head always uses exact GELU
-        self.decoder = nn.Linear(d, config.vocab_size)
+        self.decoder = Linear(d, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias  # one output bias, as HF
 
@@ -210,34 +241,53 @@ class CausalLM(PreTrainedModel):
 
     def cross_keys_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every layer's cross-attention keys and values (B,H,S,K): computed once per generation."""
-        return [(b.crossattention if b.gpt2 else b.crossattention.self).keys_values(encoder_hidden_states)
-                for b in self.blocks()]
+        return [
+            (b.crossattention if b.gpt2 else b.crossattention.self).keys_values(encoder_hidden_states)
+            for b in self.blocks()
+        ]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self._base().get_input_embeddings()
 
     def forward(
-        self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-        past_key_values=None, use_cache=None, output_attentions=False, output_hidden_states=False,
-        labels=None, return_dict=True, position_ids=None, inputs_embeds=None, token_type_ids=None,
+        self,
+        input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        labels=None,
+        return_dict=None,
+        position_ids=None,
+        inputs_embeds=None,
+        token_type_ids=None,
     ):
-        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         base = self._base()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kw,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            past_key_values,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
         )
-        logits = self.head_logits(base.last_hidden_state)
-        out = CausalLMOutput(
-            loss=None if labels is None else causal_lm_loss(logits, labels),
-            logits=logits,
-            past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states,
-            attentions=base.attentions,
-            cross_attentions=base.cross_attentions,
+        logits = self.head_logits(base.last_hidden_state)  # (B,T,V)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return driver.causal_lm_output(
+            base, logits, loss, self.config.return_dict if return_dict is None else return_dict
         )
-        return out if return_dict else out.to_tuple()
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head: the base model's last states (B,T,D) -> logits (B,T,V); each architecture's own."""
+        raise NotImplementedError
 
 
 @register_model("pt", "bert", "decoder")
@@ -286,22 +336,35 @@ class GPT2Model(PreTrainedModel):
 
     def __init__(self, config: GPT2Config):
         super().__init__(config)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
-        self.h = nn.ModuleList(Block(config, i, gpt2=True) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=layer_norm_eps(config))
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.num_positions, config.hidden_size)
+        self.drop = nn.Dropout(config.embed_dropout)
+        self.h = nn.ModuleList(Block(config, i, gpt2=True) for i in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.pooler = None
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-        encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
-        output_attentions=False, output_hidden_states=False, return_dict=True,
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
     ):
         check_ids(self.config, input_ids, "input_ids")
+        output_attentions, output_hidden_states, return_dict = driver.output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         use_cache = bool(use_cache if use_cache is not None else self.config.use_cache)
         past = _past_length(past_key_values)
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
@@ -312,14 +375,28 @@ class GPT2Model(PreTrainedModel):
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
         x = self.drop(x)
-        mask = self_attention_mask(attention_mask, b, t, past, causal=True, dtype=x.dtype, device=x.device,
-                                   key_length=_key_length(past_key_values))
+        mask = self_attention_mask(
+            attention_mask,
+            b,
+            t,
+            past,
+            causal=True,
+            dtype=x.dtype,
+            device=x.device,
+            key_length=_key_length(past_key_values),
+        )
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=x.device)
         x, extra = run_blocks(
-            self.h, x, mask=mask, enc=encoder_hidden_states,
-            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype), past_key_values=past_key_values,
-            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            self.h,
+            x,
+            mask=mask,
+            enc=encoder_hidden_states,
+            enc_mask=cross_attention_mask(encoder_attention_mask, x.dtype),
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             checkpointing=self.gradient_checkpointing and self.training,
         )
         x = self.ln_f(x)
@@ -337,7 +414,7 @@ class GPT2LMHeadModel(CausalLM):
     def __init__(self, config: GPT2Config):
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -346,3 +423,5 @@ class GPT2LMHeadModel(CausalLM):
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(x)
 
+
+__all__ = ["BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "GPT2Model", "GPT2LMHeadModel"]

@@ -43,30 +43,11 @@ def _require_tensorflow_backend() -> None:
 _require_tensorflow_backend()
 
 from encdec_core import BertConfig, EncoderDecoderConfig, GPT2Config, RobertaConfig  # noqa: E402
+from encdec_tf import models  # noqa: E402
 from encdec_tf.cache import DecoderCache  # noqa: E402
 from encdec_tf.encoder_decoder import TFEncoderDecoderModel  # noqa: E402
 from encdec_tf.modeling_utils import PreTrainedModel  # noqa: E402
-from encdec_tf.models import (  # noqa: E402
-    BertLMHeadModel,
-    BertModel,
-    GPT2LMHeadModel,
-    GPT2Model,
-    RobertaForCausalLM,
-    RobertaModel,
-)
+from encdec_tf.models import *  # noqa: E402, F403  (the architectures, models.__all__)
 
-__all__ = [
-    "TFEncoderDecoderModel",
-    "DecoderCache",
-    "PreTrainedModel",
-    "BertModel",
-    "BertLMHeadModel",
-    "RobertaModel",
-    "RobertaForCausalLM",
-    "GPT2Model",
-    "GPT2LMHeadModel",
-    "BertConfig",
-    "RobertaConfig",
-    "GPT2Config",
-    "EncoderDecoderConfig",
-]
+__all__ = ["TFEncoderDecoderModel", "DecoderCache", "PreTrainedModel", *models.__all__]
+__all__ += ["BertConfig", "RobertaConfig", "GPT2Config", "EncoderDecoderConfig"]

@@ -22,17 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.mapping import from_framework, to_framework
 from encdec_core.configs import EncoderDecoderConfig
 from encdec_core.errors import ConfigError
+from encdec_core.formats.mapping import from_framework, to_framework
 from encdec_tf.modeling_utils import open_state
 
 logger = logging.getLogger("encdec")
 
 # config fields that fix variable shapes: an assigned config must agree on them
-_SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "max_position_embeddings", "type_vocab_size", "add_cross_attention",
-                 "cross_attention_hidden_size", "tie_word_embeddings")
+_SHAPE_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_positions",
+    "type_vocab_size",
+    "add_cross_attention",
+    "cross_attention_hidden_size",
+    "tie_word_embeddings",
+)
 
 
 def adopt_config(model, config: EncoderDecoderConfig) -> None:
@@ -40,8 +50,10 @@ def adopt_config(model, config: EncoderDecoderConfig) -> None:
     if not isinstance(config, EncoderDecoderConfig):
         raise ConfigError(f"TFEncoderDecoderModel.config expected an EncoderDecoderConfig, got {type(config).__name__}")
     if model._config.tie_encoder_decoder and not config.tie_encoder_decoder:
-        raise ConfigError("TFEncoderDecoderModel.config: the assigned config unties encoder and decoder, whose "
-                          "variables are shared here; build a new model from it instead")
+        raise ConfigError(
+            "TFEncoderDecoderModel.config: the assigned config unties encoder and decoder, whose "
+            "variables are shared here; build a new model from it instead"
+        )
     for side in ("encoder", "decoder"):
         ours, theirs = getattr(model, side).config, getattr(config, side)
         diff = [f for f in _SHAPE_FIELDS if getattr(ours, f, None) != getattr(theirs, f, None)]
@@ -63,8 +75,10 @@ def _tie_equal_copies(model) -> None:
     """A tying config on separate variables (warm-started from a tied model's parts): share them if equal."""
     named = model.named_variables()
     if differ := [t for t, src in model.tf_ties().items() if not np.array_equal(named[t].numpy(), named[src].numpy())]:
-        raise ConfigError(f"TFEncoderDecoderModel.config: tie_encoder_decoder is set, but the encoder weights "
-                          f"differ from the decoder's they would be tied to (first: {differ[0]})")
+        raise ConfigError(
+            f"TFEncoderDecoderModel.config: tie_encoder_decoder is set, but the encoder weights "
+            f"differ from the decoder's they would be tied to (first: {differ[0]})"
+        )
     model.tie_weights()
 
 
@@ -72,8 +86,11 @@ def _recover_projection(model, source: str | None) -> None:
     """Load ``enc_to_dec_proj`` from ``source`` if that checkpoint holds this very encoder and decoder."""
     why = _projection_from(model, Path(source)) if source else "the config records no checkpoint folder"
     if why:
-        logger.warning("enc_to_dec_proj stays newly initialised: %s; load the seq2seq checkpoint with "
-                       "TFEncoderDecoderModel.from_pretrained(...) instead", why)
+        logger.warning(
+            "enc_to_dec_proj stays newly initialised: %s; load the seq2seq checkpoint with "
+            "TFEncoderDecoderModel.from_pretrained(...) instead",
+            why,
+        )
         return
     model._warm_started_projection = False
     report = getattr(model, "loading_report", None)

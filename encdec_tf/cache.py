@@ -11,13 +11,12 @@ Shapes: B batch, H heads, L the cache's length (max_length), S source length, K 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import tensorflow as tf
 
 # XLA's in-place DynamicUpdateSlice (TF's own wrapper; it also runs eagerly, as a one-op XLA cluster)
 from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
+from encdec_core.decoding import DecoderCache, LayerCache
 from encdec_core.errors import InputError
 
 
@@ -30,67 +29,55 @@ def write_cache(buffer: tf.Tensor, new: tf.Tensor, index) -> tf.Tensor:
     return dynamic_update_slice(buffer, new, tf.stack([zero, zero, tf.cast(index, tf.int32), zero]))
 
 
-class DecoderCache(NamedTuple):
-    """A decoder's preallocated cache: fixed shapes written by index, so XLA compiles one step for all.
+def reorder_cache(cache: DecoderCache, beam_idx, shared_cross: bool | None = None) -> DecoderCache:
+    """The cache of the rows ``beam_idx`` (N_new,): what beam search keeps after a step.
 
-    A ``tf.nest`` structure of tensors (a ``tf.function`` / ``tf.while_loop`` argument as is).
-    Build it with ``init_cache(batch_size, max_length, encoder_hidden_states,
-    encoder_attention_mask)``; pass it as ``past_key_values``: the call returns the updated one.
+    Cross keys/values and the encoder mask follow the rows when they hold one per row. When
+    they are shared (B sources for N = B * g rows, see ``init_cache``) they stay as they are:
+    ``beam_idx`` must then keep every row within its source, as beam search does.
+    ``shared_cross=None`` tells the two apart by the static batch sizes.
+    """
+    take = lambda t: None if t is None else tf.gather(t, beam_idx, axis=0)  # noqa: E731
+    if shared_cross is None:
+        first = cache.layers[0]
+        shared_cross = first.cross_key is not None and first.key.shape[0] != first.cross_key.shape[0]
+    if not shared_cross:
+        layers = tuple(LayerCache(*(take(t) for t in e)) for e in cache.layers)
+        return DecoderCache(cache.index, layers, take(cache.encoder_attention_mask))
+    layers = tuple(e._replace(key=take(e.key), value=take(e.value)) for e in cache.layers)
+    return cache._replace(layers=layers)
+
+
+def empty_cache(
+    attention_layers, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None
+) -> DecoderCache:
+    """Zero self-attention buffers for each (self, cross) attention pair; cross keys/values computed now.
+
     With ``batch_size = B * g`` rows for B encoder states (beams, samples), the cross entries
     stay (B,H,S,K), shared by each source's g consecutive rows (attention folds them into its
-    queries) rather than tiled g times.
-
-    * ``index`` () int32: positions written so far, i.e. the position of the next token.
-    * ``layers``: per layer ``(k, v)`` self-attention buffers (B,H,L,K), then, with
-      cross-attention, ``(cross_k, cross_v)`` (B,H,S,K), computed once from the encoder states.
-    * ``encoder_attention_mask`` (B, S) int32, 1 = attend ((B, 0) without cross-attention); B is
-      the number of sources, which may divide the number of rows (shared cross entries).
+    queries) rather than tiled g times. The encoder mask is (B, S) int32 ((B, 0) without
+    cross-attention).
     """
+    layers = []
+    for self_attn, cross_attn in attention_layers:
+        # (B,H,L,K) in the layer's compute dtype: bf16 under a mixed_bfloat16 policy, as the keys it will hold
+        empty = tf.zeros((batch_size, self_attn.n_heads, max_length, self_attn.head_dim), self_attn.compute_dtype)
+        cross = (None, None)
+        if cross_attn is not None and encoder_hidden_states is not None:
+            cross = cross_attn.project_kv(tf.convert_to_tensor(encoder_hidden_states))  # (B,H,S,K) x 2
+        layers.append(LayerCache(empty, empty, *cross))
+    if encoder_hidden_states is None:
+        enc_mask = tf.zeros((batch_size, 0), tf.int32)
+    elif encoder_attention_mask is None:
+        enc_mask = tf.ones(tf.shape(encoder_hidden_states)[:2], tf.int32)
+    else:
+        enc_mask = tf.cast(encoder_attention_mask, tf.int32)
+    return DecoderCache(tf.zeros((), tf.int32), tuple(layers), enc_mask)
 
-    index: Any
-    layers: tuple
-    encoder_attention_mask: Any
 
-    @property
-    def max_length(self) -> int:
-        return int(self.layers[0][0].shape[2])
-
-    def reorder(self, beam_idx, shared_cross: bool | None = None) -> DecoderCache:
-        """The cache of the rows ``beam_idx`` (N_new,): what beam search keeps after a step.
-
-        Cross keys/values and the encoder mask follow the rows when they hold one per row. When
-        they are shared (B sources for N = B * g rows, see ``init_cache``) they stay as they are:
-        ``beam_idx`` must then keep every row within its source, as beam search does.
-        ``shared_cross=None`` tells the two apart by the static batch sizes.
-        """
-        take = lambda t: tf.gather(t, beam_idx, axis=0)  # noqa: E731
-        if shared_cross is None:
-            first = self.layers[0]
-            shared_cross = len(first) > 2 and first[0].shape[0] != first[2].shape[0]
-        if not shared_cross:
-            return DecoderCache(self.index, tf.nest.map_structure(take, self.layers), take(self.encoder_attention_mask))
-        layers = tuple((take(e[0]), take(e[1])) + tuple(e[2:]) for e in self.layers)
-        return DecoderCache(self.index, layers, self.encoder_attention_mask)
-
-    @classmethod
-    def empty(cls, attention_layers, batch_size: int, max_length: int, encoder_hidden_states=None,
-              encoder_attention_mask=None) -> DecoderCache:
-        """Zero self-attention buffers for each (self, cross) attention pair; cross keys/values computed now."""
-        layers = []
-        for self_attn, cross_attn in attention_layers:
-            # (B,H,L,K) in the layer's compute dtype: bf16 under a mixed_bfloat16 policy, as the keys it will hold
-            empty = tf.zeros((batch_size, self_attn.n_heads, max_length, self_attn.head_dim), self_attn.compute_dtype)
-            entry = (empty, empty)
-            if cross_attn is not None and encoder_hidden_states is not None:
-                entry += cross_attn.project_kv(tf.convert_to_tensor(encoder_hidden_states))  # (B,H,S,K) x 2
-            layers.append(entry)
-        if encoder_hidden_states is None:
-            enc_mask = tf.zeros((batch_size, 0), tf.int32)
-        elif encoder_attention_mask is None:
-            enc_mask = tf.ones(tf.shape(encoder_hidden_states)[:2], tf.int32)
-        else:
-            enc_mask = tf.cast(encoder_attention_mask, tf.int32)
-        return cls(tf.zeros((), tf.int32), tuple(layers), enc_mask)
+def as_cache(index, presents, encoder_attention_mask) -> DecoderCache:
+    """The per-layer ``(k, v[, cross_k, cross_v])`` tuples of a step as a :class:`DecoderCache` at ``index``."""
+    return DecoderCache(index, tuple(LayerCache(*p) for p in presents), encoder_attention_mask)
 
 
 def past_state(past_key_values, encoder_attention_mask):
@@ -113,4 +100,13 @@ def check_room(past_key_values, t) -> None:
             )
 
 
-__all__ = ["DecoderCache", "write_cache", "past_state", "check_room"]
+__all__ = [
+    "DecoderCache",
+    "LayerCache",
+    "write_cache",
+    "reorder_cache",
+    "empty_cache",
+    "as_cache",
+    "past_state",
+    "check_room",
+]

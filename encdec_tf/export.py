@@ -13,9 +13,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from encdec_core.decoding import trim
 from encdec_core.generation import resolve
 from encdec_core.validation import max_positions
-from encdec_tf.generation import decoding_function, encoder_function, finish, knobs
+from encdec_tf.generation import decoding_function, encoder_function, knobs
 
 
 def export_generate(model, path: str | os.PathLike, **settings) -> Path:
@@ -30,8 +31,12 @@ def export_generate(model, path: str | os.PathLike, **settings) -> Path:
     meets, so serving with a few padded source lengths keeps compilations few.
     """
     gen = model._generation_config(None, settings)
-    plan = resolve(gen, prompt_length=1, vocab_size=model.config.decoder.vocab_size,
-                   max_positions=max_positions(model.config.decoder))
+    plan = resolve(
+        gen,
+        prompt_length=1,
+        vocab_size=model.config.decoder.vocab_size,
+        max_positions=max_positions(model.config.decoder),
+    )
     encode = encoder_function(model, jit_compile=True)
     decode = decoding_function(model, plan, want_scores=False, jit_compile=True)
 
@@ -40,17 +45,20 @@ def export_generate(model, path: str | os.PathLike, **settings) -> Path:
     def run(input_ids, attention_mask, seed):
         prompt = tf.fill((tf.shape(input_ids)[0], 1), plan.start_id)  # (B, 1): the decoder start token
         states = encode(input_ids, attention_mask)
-        out = finish(decode(states, attention_mask, prompt, tf.ones_like(prompt), {**fixed, "seed": seed}), plan, False)
+        out = trim(decode(states, attention_mask, prompt, tf.ones_like(prompt), {**fixed, "seed": seed}), 1, False)
         if plan.num_beams > 1:
             return {"sequences": out.sequences, "sequences_scores": out.sequences_scores}
         return {"sequences": out.sequences}
 
-    specs = [tf.TensorSpec((None, None), tf.int32, "input_ids"),  # any batch size and source length
-             tf.TensorSpec((None, None), tf.int32, "attention_mask")]
+    specs = [
+        tf.TensorSpec((None, None), tf.int32, "input_ids"),  # any batch size and source length
+        tf.TensorSpec((None, None), tf.int32, "attention_mask"),
+    ]
     if gen.do_sample:
         specs.append(tf.TensorSpec((), tf.int32, "seed"))
         serve = run
     else:
+
         def serve(input_ids, attention_mask):
             return run(input_ids, attention_mask, tf.constant(0))
 

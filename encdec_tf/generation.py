@@ -8,8 +8,7 @@ decoding (cross-attention keys/values computed once by ``init_cache``, then a
 row (or every beam search) is finished; the encoder is another, shared by every setting.
 Both are kept on the model, traced once per input shape and static settings.
 
-Shapes: B sources, g rows per source (beams or samples), N = B * g decoder rows, V vocabulary,
-L max decoder length, P decoder prompt length.
+Shapes as in :mod:`encdec_core.decoding` (B sources, N decoder rows, L max length, ...).
 """
 
 from __future__ import annotations
@@ -19,54 +18,52 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from encdec_core.decoding import EARLY_STOPPING, DecoderCache, processor_specs, trim
+from encdec_core.driver import encoder_states
 from encdec_core.errors import InputError
 from encdec_core.generation import (
     GenerationConfig,
+    GenerationConfigMixin,
     GenerationPlan,
-    bad_words_for,
-    config_for_call,
-    derived_tokens,
+    mask_pad_id,
+    prepend_start,
     resolve,
 )
-from encdec_core.outputs import BaseModelOutput, GenerateOutput
+from encdec_core.outputs import BaseModelOutput
 from encdec_core.validation import check_batch, max_positions
 from encdec_tf.modeling_utils import check_ids
-from encdec_tf.processors import build_processors, run_processors
-from encdec_tf.search import EARLY_STOPPING, NEG, beam_search, decode_loop, greedy_or_sample
-
-
-def finish(raw: dict, plan: GenerationPlan, want_scores: bool) -> GenerateOutput:
-    """The compiled loop's fixed-size buffers -> a GenerateOutput trimmed as PT's (eager or traced)."""
-    beam = "beam_indices" in raw
-    scores = None
-    if want_scores:
-        scores = tuple(tf.unstack(raw["scores"][: int(raw["steps"])]))  # eager only: a Python tuple per step
-    return GenerateOutput(
-        sequences=raw["sequences"][:, : raw["length"]], scores=scores,
-        sequences_scores=raw["sequences_scores"] if beam else None,
-        beam_indices=raw["beam_indices"][:, : raw["length"] - plan.prompt_length] if beam else None,
-    )
+from encdec_tf.processors import tf_processors
+from encdec_tf.search import search_loop
 
 
 # ------------------------------------------------------------------------------- compiled decoding
 def static_key(plan: GenerationPlan, **flags) -> tuple:
     """Everything a compiled decoding depends on besides its input shapes: one XLA program per key and shape."""
-    gen = plan.config
-    fields = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
-              "forced_bos_token_id")  # EOS and pad ids, length_penalty, early_stopping, seed: inputs (knobs())
+    # EOS and pad ids, length_penalty, early_stopping, seed: inputs (knobs()), so min_length's EOS ids are left out
+    specs = tuple(s._replace(values=s.values[:1]) if s.name == "min_length" else s for s in processor_specs(plan))
     n_eos = len(plan.eos_ids) if plan.num_beams > 1 else None  # beams keep (1 + n_eos) * num_beams candidates
-    return (plan.strategy, n_eos, plan.prompt_length, plan.max_length, plan.min_length,
-            plan.num_beams, plan.num_return_sequences, tuple(bad_words_for(gen, plan.eos_ids)),
-            repr(gen.forced_eos_token_id), *(getattr(gen, f) for f in fields), *sorted(flags.items()))
+    return (
+        plan.strategy,
+        n_eos,
+        plan.prompt_length,
+        plan.max_length,
+        plan.num_beams,
+        plan.num_return_sequences,
+        specs,
+        *sorted(flags.items()),
+    )
 
 
 def knobs(plan: GenerationPlan, vocab: int, seed: int | None = None) -> dict[str, tf.Tensor]:
     """The settings a compiled decoding takes as tensors, so that changing them does not recompile."""
     seed = tf.random.uniform((), 0, 2**31 - 1, tf.int32) if seed is None else tf.constant(int(seed) % 2**31)
-    return {"seed": seed, "eos": tf.constant(np.isin(np.arange(vocab), plan.eos_ids)),  # (V,) bool
-            "pad": tf.constant(plan.pad_id if plan.pad_id is not None else 0),
-            "length_penalty": tf.constant(float(plan.config.length_penalty), tf.float64),
-            "early_stopping": tf.constant(EARLY_STOPPING[plan.config.early_stopping])}
+    return {
+        "seed": seed,
+        "eos": tf.constant(np.isin(np.arange(vocab), plan.eos_ids)),  # (V,) bool
+        "pad": tf.constant(plan.pad_id if plan.pad_id is not None else 0),
+        "length_penalty": tf.constant(float(plan.config.length_penalty), tf.float64),
+        "early_stopping": tf.constant(EARLY_STOPPING[plan.config.early_stopping]),
+    }
 
 
 class CompiledGenerate:
@@ -87,8 +84,11 @@ def encoder_function(model, jit_compile: bool) -> Callable:
     compiled = _compiled(model)
     key = ("encoder", jit_compile)
     if key not in compiled.fns:
-        compiled.fns[key] = tf.function(lambda ids, mask: model.encoder(input_ids=ids, attention_mask=mask)
-                                        .last_hidden_state, jit_compile=jit_compile, autograph=False)
+        compiled.fns[key] = tf.function(
+            lambda ids, mask: model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state,
+            jit_compile=jit_compile,
+            autograph=False,
+        )
     return compiled.fns[key]
 
 
@@ -102,13 +102,11 @@ def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_com
     key = static_key(plan, want_scores=want_scores, jit_compile=jit_compile)
     if key in compiled.fns:
         return compiled.fns[key]
-    nb = plan.num_beams
-    g = nb if nb > 1 else (plan.num_return_sequences if plan.config.do_sample else 1)
-    vocab = model.config.decoder.vocab_size
+    g, vocab = plan.rows_per_source, model.config.decoder.vocab_size
 
     def decode(states, source_mask, prompt, prompt_mask, knobs):
         compiled.traces += 1  # runs only while tracing
-        processors = build_processors(plan, eos=knobs["eos"])
+        processors = tf_processors(plan, eos=knobs["eos"])
         prompt = tf.repeat(prompt, g, axis=0)  # (N, P)
         # cross k/v computed once here, (B,H,S,K): the g rows of a source share them
         cache = model.init_cache(tf.shape(prompt)[0], plan.max_length, states, source_mask)
@@ -119,25 +117,47 @@ def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_com
             logits, cache = model.decode_step(ids, cache, dec_mask)
             return tf.cast(logits[:, -1], tf.float32), cache  # (N, V); float32 under a mixed policy too, as PT's
 
-        run = beam_search if nb > 1 else greedy_or_sample
-        return run(step, cache, prompt, plan, processors, knobs, want_scores, vocab)
+        return search_loop(step, cache, prompt, plan, processors, knobs, want_scores, vocab)
 
     compiled.fns[key] = tf.function(decode, jit_compile=jit_compile, autograph=False)
     return compiled.fns[key]
 
 
 # ------------------------------------------------------------------------------- the mixin
-class GenerationMixin:
-    """``generate`` and ``export_generate`` for :class:`~encdec_tf.TFEncoderDecoderModel`."""
+class GenerationMixin(GenerationConfigMixin):
+    """The decoding contract, ``generate`` and ``export_generate`` for :class:`~encdec_tf.TFEncoderDecoderModel`."""
 
-    def set_generation_config(self, gen: GenerationConfig) -> None:
-        """Use ``gen`` for generate(); if it came from the model config, later model.config tokens still apply."""
-        self.generation_config = gen
-        self._derived_tokens = derived_tokens(gen)
+    def encode(self, input_ids, attention_mask=None, training=False, **kwargs) -> BaseModelOutput:
+        """The encoder's outputs for ``input_ids`` (B, S): ``last_hidden_state`` (B, S, D_enc), ..."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, training=training, **kwargs)
 
-    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
-        gen = generation_config if generation_config is not None else self.generation_config
-        return config_for_call(gen, self.config, dict(getattr(self, "_derived_tokens", {})), kwargs)
+    def init_cache(self, batch_size: int, max_length: int, encoder_outputs, attention_mask=None) -> DecoderCache:
+        """An empty decoder cache of ``max_length`` positions for ``batch_size`` rows.
+
+        ``encoder_outputs`` (a ``BaseModelOutput``, HF tuple, or the (B, S, D_enc) states) and the
+        source ``attention_mask`` (B, S): the projection and every layer's cross-attention keys
+        and values are computed here, once per generation, and shared by a source's rows.
+        """
+        states = tf.convert_to_tensor(encoder_states(encoder_outputs))  # (B,S,D_enc)
+        if self.enc_to_dec_proj is not None:
+            states = self.enc_to_dec_proj(states)
+        return self.decoder.init_cache(batch_size, max_length, states, attention_mask)
+
+    def decode_step(self, decoder_input_ids, cache: DecoderCache, decoder_attention_mask=None, training=False):
+        """Decode ``decoder_input_ids`` (N, T) at the cache's index: -> (logits (N,T,V), the cache advanced by T).
+
+        ``decoder_attention_mask`` (N, max_length), if the decoder inputs have padding, covers the
+        whole cache. Shapes are fixed and the index is a tensor, so
+        ``tf.function(model.decode_step, jit_compile=True)`` compiles once per input shape.
+        """
+        out = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            past_key_values=cache,
+            use_cache=True,
+            training=training,
+        )
+        return out.logits, out.past_key_values
 
     def _source_for_generation(self, input_ids, attention_mask, encoder_outputs, probe: GenerationPlan):
         """(source ids (B,S) int32 or encoder states (B,S,D_enc), source mask (B,S) int32, whether to encode)."""
@@ -146,18 +166,18 @@ class GenerationMixin:
             if input_ids is None:
                 raise InputError("generate: give input_ids (the source tokens) or encoder_outputs")
             source = tf.convert_to_tensor(input_ids)
-            check_batch(self.config.encoder, None, input_ids=tuple(source.shape),
-                        attention_mask=None if attention_mask is None else tuple(attention_mask.shape))
+            check_batch(
+                self.config.encoder,
+                None,
+                input_ids=tuple(source.shape),
+                attention_mask=None if attention_mask is None else tuple(attention_mask.shape),
+            )
             check_ids(self.config.encoder, source, "input_ids")
             source = tf.cast(source, tf.int32)
-            if attention_mask is None and probe.pad_id is not None and probe.pad_id not in probe.eos_ids:
-                attention_mask = tf.not_equal(source, probe.pad_id)  # inferred from padding, as HF
+            if attention_mask is None and (pad := mask_pad_id(probe)) is not None:
+                attention_mask = tf.not_equal(source, pad)  # inferred from padding, as HF
         else:
-            if isinstance(encoder_outputs, BaseModelOutput):
-                encoder_outputs = encoder_outputs.last_hidden_state
-            elif isinstance(encoder_outputs, (tuple, list)):
-                encoder_outputs = encoder_outputs[0]
-            source = tf.convert_to_tensor(encoder_outputs, tf.float32)
+            source = tf.convert_to_tensor(encoder_states(encoder_outputs), tf.float32)
         want = tuple(source.shape[:2])
         if attention_mask is None:  # all ones: the same numbers as no mask, and one compiled signature
             return source, tf.ones(want, tf.int32), encoder_outputs is None
@@ -177,13 +197,23 @@ class GenerationMixin:
         check_ids(self.config.decoder, ids, "decoder_input_ids")
         ids = tf.cast(ids, tf.int32)
         mask = tf.ones_like(ids) if decoder_attention_mask is None else tf.cast(decoder_attention_mask, tf.int32)
-        if bool(tf.reduce_all(ids[:, 0] != start)):  # the start token is prepended unless every row has it
+        if prepend_start(ids[:, 0].numpy(), start):
             return tf.concat([first, ids], 1), tf.concat([tf.ones_like(first), mask], 1)
         return ids, mask
 
-    def generate(self, input_ids=None, attention_mask=None, *, encoder_outputs=None, decoder_input_ids=None,
-                 decoder_attention_mask=None, generation_config: GenerationConfig | None = None,
-                 seed: int | None = None, jit_compile: bool = True, **kwargs):
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        *,
+        encoder_outputs=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        generation_config: GenerationConfig | None = None,
+        seed: int | None = None,
+        jit_compile: bool = True,
+        **kwargs,
+    ):
         """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
 
         Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
@@ -211,15 +241,17 @@ class GenerationMixin:
         vocab = self.config.decoder.vocab_size
         probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
         source, source_mask, encode = self._source_for_generation(input_ids, attention_mask, encoder_outputs, probe)
-        prompt, prompt_mask = self._decoder_prompt(int(source.shape[0]), probe.start_id, decoder_input_ids,
-                                                   decoder_attention_mask)
-        plan = resolve(gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab,
-                       max_positions=max_positions(self.config.decoder))
+        prompt, prompt_mask = self._decoder_prompt(
+            int(source.shape[0]), probe.start_id, decoder_input_ids, decoder_attention_mask
+        )
+        plan = resolve(
+            gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab, max_positions=max_positions(self.config.decoder)
+        )
         want_scores = gen.return_dict_in_generate and gen.output_scores
         states = encoder_function(self, jit_compile)(source, source_mask) if encode else source
         fn = decoding_function(self, plan, want_scores=want_scores, jit_compile=jit_compile)
         raw = fn(states, source_mask, prompt, prompt_mask, knobs(plan, vocab, seed))
-        out = finish(raw, plan, want_scores)
+        out = trim(raw, plan.prompt_length, want_scores)
         return out if gen.return_dict_in_generate else out.sequences
 
     def export_generate(self, path, **settings):
@@ -229,5 +261,4 @@ class GenerationMixin:
         return export_generate(self, path, **settings)
 
 
-__all__ = ["GenerationMixin", "greedy_or_sample", "beam_search", "decode_loop", "finish", "decoding_function",
-           "encoder_function", "static_key", "knobs", "build_processors", "run_processors", "NEG", "EARLY_STOPPING"]
+__all__ = ["GenerationMixin", "decoding_function", "encoder_function", "static_key", "knobs"]

@@ -16,12 +16,10 @@ length L), D model width, H heads, K head width (D / H), I feed-forward width, V
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 
-from encdec_core.configs import ACTIVATIONS, GPT2Config, PretrainedConfig
+from encdec_core.configs import ACTIVATIONS, PretrainedConfig
 from encdec_tf.cache import write_cache
 
 
@@ -29,17 +27,6 @@ def activation(name: str):
     """HF activation name -> function: exact (erf) GELU or its tanh approximation."""
     approximate = ACTIVATIONS[name] == "tanh"
     return lambda x: tf.nn.gelu(x, approximate=approximate)
-
-
-def layer_norm_eps(config: PretrainedConfig) -> float:
-    return config.layer_norm_epsilon if isinstance(config, GPT2Config) else config.layer_norm_eps
-
-
-def dropouts(config: PretrainedConfig) -> tuple[float, float]:
-    """(hidden dropout, attention-probability dropout)."""
-    if isinstance(config, GPT2Config):
-        return config.resid_pdrop, config.attn_pdrop
-    return config.hidden_dropout_prob, config.attention_probs_dropout_prob
 
 
 def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
@@ -148,15 +135,11 @@ class Attention(Module):
 
     def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0, name: str):
         super().__init__(name)
-        d, h = config.hidden_size, config.num_attention_heads
-        kv_in = (config.cross_attention_hidden_size or d) if cross else d
-        self.n_heads, self.head_dim, self.gpt2, self.cross = h, d // h, gpt2, cross
-        self.attn_dropout, self.resid_dropout = dropouts(config)[1], dropouts(config)[0]
-        scale = 1.0 / math.sqrt(self.head_dim)
+        d, kv_in = config.hidden_size, config.cross_width if cross else config.hidden_size
+        self.n_heads, self.head_dim, self.gpt2, self.cross = config.num_attention_heads, config.head_dim, gpt2, cross
+        self.attn_dropout, self.resid_dropout = config.attn_dropout, config.hidden_dropout
+        self.scale = config.attention_scale(layer_idx)
         if gpt2:
-            scale = scale if config.scale_attn_weights else 1.0
-            if config.scale_attn_by_inverse_layer_idx:
-                scale /= layer_idx + 1
             if cross:
                 self.q_attn = Conv1D(d, d, "q_attn")
                 self.c_attn = Conv1D(kv_in, 2 * d, "c_attn")
@@ -167,7 +150,6 @@ class Attention(Module):
             self.query = Dense(d, d, "query")
             self.key = Dense(kv_in, d, "key")
             self.value = Dense(kv_in, d, "value")
-        self.scale = scale
 
     def _split(self, x):
         b, t = dims(x)[:2]
@@ -184,8 +166,17 @@ class Attention(Module):
         k, v = self._kv(kv)
         return self._split(k), self._split(v)
 
-    def call(self, x, attn_mask=None, kv=None, past=None, cache_index=None, use_cache=False, need_weights=False,
-             training=False):
+    def call(
+        self,
+        x,
+        attn_mask=None,
+        kv=None,
+        past=None,
+        cache_index=None,
+        use_cache=False,
+        need_weights=False,
+        training=False,
+    ):
         """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None)."""
         if self.gpt2 and not self.cross:
             q, k, v = tf.split(self.c_attn(x), 3, axis=-1)
@@ -233,8 +224,8 @@ class AddNorm(Module):
     def __init__(self, config: PretrainedConfig, n_in: int, name: str = "output"):
         super().__init__(name)
         self.dense = Dense(n_in, config.hidden_size, "dense")
-        self.LayerNorm = LayerNorm(config.hidden_size, layer_norm_eps(config), "LayerNorm")
-        self.rate = dropouts(config)[0]
+        self.LayerNorm = LayerNorm(config.hidden_size, config.norm_eps, "LayerNorm")
+        self.rate = config.hidden_dropout
 
     def call(self, x, residual, training=False):
         return self.LayerNorm(dropout(self.dense(x), self.rate, training) + residual)
@@ -258,11 +249,11 @@ class FeedForward(Module):
         self.gpt2 = gpt2
         if gpt2:
             self.c_fc, self.c_proj = Conv1D(d, i, "c_fc"), Conv1D(i, d, "c_proj")
-            self.rate = config.resid_pdrop
-            self.act = activation(config.activation_function)
+            self.rate = config.hidden_dropout
+            self.act = activation(config.act_name)
         else:
             self.dense = Dense(d, i, "dense")
-            self.act = activation(config.hidden_act)
+            self.act = activation(config.act_name)
 
     def call(self, x, training=False):
         if self.gpt2:
@@ -281,12 +272,14 @@ class Block(Module):
     def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool, name: str):
         super().__init__(name)
         self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
-        d, eps = config.hidden_size, layer_norm_eps(config)
+        d, eps = config.hidden_size, config.norm_eps
         if gpt2:
             self.ln_1 = LayerNorm(d, eps, "ln_1")
             self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx, name="attn")
             if self.has_cross:
-                self.crossattention = Attention(config, gpt2=True, cross=True, layer_idx=layer_idx, name="crossattention")
+                self.crossattention = Attention(
+                    config, gpt2=True, cross=True, layer_idx=layer_idx, name="crossattention"
+                )
                 self.ln_cross_attn = LayerNorm(d, eps, "ln_cross_attn")
             self.ln_2 = LayerNorm(d, eps, "ln_2")
             self.mlp = FeedForward(config, gpt2=True, name="mlp")
@@ -312,22 +305,44 @@ class Block(Module):
         ctx, present, probs = attn(x, training=training, **kw)
         return out(ctx, x, training=training), present, probs
 
-    def call(self, x, attn_mask=None, enc=None, cross_mask=None, past=None, cache_index=None, use_cache=False,
-             need_weights=False, training=False):
+    def call(
+        self,
+        x,
+        attn_mask=None,
+        enc=None,
+        cross_mask=None,
+        past=None,
+        cache_index=None,
+        use_cache=False,
+        need_weights=False,
+        training=False,
+    ):
         """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs)."""
         g = self.gpt2
         kw = dict(use_cache=use_cache, need_weights=need_weights, training=training)
         self_attn, cross_attn = self.attention_layers()
         x, present, p_self = self._sublayer(
-            x, getattr(self, "ln_1", None), self_attn, None if g else self.attention.output_,
-            attn_mask=attn_mask, past=None if past is None else past[:2], cache_index=cache_index, **kw,
+            x,
+            getattr(self, "ln_1", None),
+            self_attn,
+            None if g else self.attention.output_,
+            attn_mask=attn_mask,
+            past=None if past is None else past[:2],
+            cache_index=cache_index,
+            **kw,
         )
         p_cross = None
-        cross_past = None if past is None or len(past) < 4 else past[2:]
+        cross_past = None if past is None or len(past) < 4 or past[2] is None else past[2:]
         if self.has_cross and (enc is not None or cross_past is not None):
             x, present_x, p_cross = self._sublayer(
-                x, getattr(self, "ln_cross_attn", None), cross_attn, None if g else self.crossattention.output_,
-                attn_mask=cross_mask, kv=enc, past=cross_past, **kw,
+                x,
+                getattr(self, "ln_cross_attn", None),
+                cross_attn,
+                None if g else self.crossattention.output_,
+                attn_mask=cross_mask,
+                kv=enc,
+                past=cross_past,
+                **kw,
             )
             present = present + present_x if use_cache else None
         if g:
@@ -369,16 +384,29 @@ def cross_attention_mask(encoder_attention_mask):
     return additive_mask(tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :])
 
 
-def run_blocks(blocks, x, *, mask, enc, enc_mask, past_key_values, cache_index, use_cache, output_attentions,
-               output_hidden_states, training):
+def run_blocks(
+    blocks,
+    x,
+    *,
+    mask,
+    enc,
+    enc_mask,
+    past_key_values,
+    cache_index,
+    use_cache,
+    output_attentions,
+    output_hidden_states,
+    training,
+):
     """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
     hidden, attns, cross_attns, presents = [], [], [], []
     for i, block in enumerate(blocks):
         if output_hidden_states:
             hidden.append(x)
         past = None if past_key_values is None else past_key_values[i]
-        x, present, p_self, p_cross = block(x, mask, enc, enc_mask, past, cache_index, use_cache, output_attentions,
-                                            training=training)
+        x, present, p_self, p_cross = block(
+            x, mask, enc, enc_mask, past, cache_index, use_cache, output_attentions, training=training
+        )
         presents.append(present)
         attns.append(p_self)
         cross_attns.append(p_cross)

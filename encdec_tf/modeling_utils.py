@@ -1,4 +1,4 @@
-"""Variables, loading and saving of the Keras models, through the core tables and ``conversion.mapping``.
+"""Variables, loading and saving of the Keras models, through the core tables and ``encdec_core.formats.mapping``.
 
 **Names.** A variable's table name (``Param.tf``: HF's TF name without model scope and ``:0``)
 is made by construction, by one rule (:func:`walk`): the chain of layer names (or a layer's
@@ -27,18 +27,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conversion.formats import open_source
-from conversion.mapping import from_framework, to_framework
 from encdec_core import checkpoint as ckpt_io
-from encdec_core.configs import PretrainedConfig, load_config, with_overrides
+from encdec_core import driver
+from encdec_core.configs import PretrainedConfig
 from encdec_core.errors import ConfigError, InputError
-from encdec_core.hub import resolve_checkpoint
+from encdec_core.formats.canonical import open_source
+from encdec_core.formats.fit import check_config_fits
+from encdec_core.formats.mapping import from_framework, to_framework
 from encdec_core.loading import plan_load
 from encdec_core.report import LoadingReport
-from encdec_core.tables import Param, Tie, model_table, model_ties
+from encdec_core.tables import Param, Tie, model_table, model_ties, with_tied_copies
 
 logger = logging.getLogger("encdec")
-HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 _DEFERRED = contextvars.ContextVar("encdec_tf_deferred", default=False)
 
 
@@ -159,8 +159,10 @@ class PreTrainedModel(keras.Model):
         slots = list(self.param_slots())
         expected = {p.tf: p for p in self.tf_params()}
         if {s.name for s in slots} != set(expected):  # a naming bug in a layer, never a user error
-            raise RuntimeError(f"{type(self).__name__}: variable names differ from the table: "
-                               f"{sorted({s.name for s in slots} ^ set(expected))[:10]}")
+            raise RuntimeError(
+                f"{type(self).__name__}: variable names differ from the table: "
+                f"{sorted({s.name for s in slots} ^ set(expected))[:10]}"
+            )
         ties = self.tf_ties()
         for s in slots:
             if s.name in ties or isinstance(getattr(s.layer, s.leaf, None), keras.Variable):
@@ -210,30 +212,34 @@ class PreTrainedModel(keras.Model):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *model_args, config: PretrainedConfig | None = None,
-                        from_pt: bool = False, strict: bool = False, output_loading_info: bool = False,
-                        log_report: bool = True, **kwargs):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *model_args,
+        config: PretrainedConfig | None = None,
+        from_pt: bool = False,
+        strict: bool = False,
+        output_loading_info: bool = False,
+        log_report: bool = True,
+        **kwargs,
+    ):
         """Load from a local folder or a Hub repo id (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
 
         Reads the canonical checkpoint (``model.safetensors``, PyTorch names; what every encdec
         backend writes), Transformers' ``tf_model.h5`` (single or sharded), TF-format
         safetensors and ``pytorch_model.bin``. ``from_pt=True`` (HF's flag, accepted for
-        compatibility) insists on PyTorch weights. Other keyword arguments set config fields;
+        compatibility) insists on PyTorch weights; Transformers' other loading flags
+        (:data:`encdec_core.driver.LOAD_FLAGS`) are accepted. Other keyword arguments set config fields;
         ``strict=True`` raises one error listing every missing or unexpected key.
         """
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        folder = resolve_checkpoint(name_or_path, **hub)
-        if config is None:
-            config = load_config(folder)
-        config = with_overrides(config, kwargs)
-        if not isinstance(config, cls.config_class):
-            raise ConfigError(
-                f"{folder / 'config.json'}: model_type {config.model_type!r} cannot be loaded into "
-                f"{cls.__name__} (expects {cls.config_class.model_type!r})"
-            )
+        folder, config, flags = driver.prepare_load(cls, name_or_path, config, kwargs)
+        # from_pt insists on PyTorch weights; otherwise every format is read (from_flax: Flax's first)
+        every = driver.weight_formats(("pt", "tf", "h5", "bin"), flags)
+        formats = ("pt", "bin") if from_pt else every
+        check_config_fits(config, folder, role=cls.role, accept=every)  # before building anything
         with defer_variables():
             model = cls(config, *model_args)
-        report = load_weights(model, folder, from_pt=from_pt)
+        report = load_weights(model, folder, formats=formats)
         report.raise_if(strict)
         if log_report:
             report.log(logger)
@@ -253,17 +259,23 @@ class PreTrainedModel(keras.Model):
     def generation_config_to_save(self) -> dict | None:
         return None
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None,
-                        save_format: str = "safetensors") -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str | None = None,
+        save_format: str | None = None,
+        safe_serialization: bool | None = None,
+    ) -> Path:
         """Write config.json, generation_config.json (if any) and the weights, atomically.
 
         ``save_format="safetensors"`` (default) writes the canonical ``model.safetensors``:
         PyTorch names and layouts, metadata ``{"format": "pt"}``, which every encdec backend and
         Transformers' PyTorch classes load with no flag. ``save_format="h5"`` writes
-        Transformers' ``tf_model.h5`` instead. ``max_shard_size`` ("200MB", bytes) shards either.
+        Transformers' ``tf_model.h5`` instead, as does Transformers' ``safe_serialization=False``.
+        ``max_shard_size`` ("200MB", bytes) shards either.
         """
-        if save_format not in ("safetensors", "h5"):
-            raise InputError(f"save_format expected 'safetensors' or 'h5', got {save_format!r}")
+        save_format = driver.save_format(save_format, safe_serialization, ("safetensors", "h5"))
         named = self.named_variables()
         folder = Path(save_directory)
         with ckpt_io.atomic_write_dir(folder) as tmp:
@@ -276,12 +288,15 @@ class PreTrainedModel(keras.Model):
             if save_format == "safetensors":
                 params = self.weight_table()
                 arrays = from_framework({p.tf: named[p.tf].numpy() for p in params}, params, "tf")
+                arrays = with_tied_copies(self.config, arrays)  # tie_encoder_decoder: both copies (Transformers 5)
                 ckpt_io.save_safetensors(arrays, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
             else:
-                from conversion.tf_h5 import write_tf_h5
+                from encdec_core.formats.tf_h5 import write_tf_h5
 
                 arrays = {p.tf: named[p.tf].numpy() for p in self.tf_params()}
-                write_tf_h5(arrays, tmp, scope=self.name, keras_version=keras.__version__, max_shard_size=max_shard_size)
+                write_tf_h5(
+                    arrays, tmp, scope=self.name, keras_version=keras.__version__, max_shard_size=max_shard_size
+                )
         return folder
 
 
@@ -306,26 +321,37 @@ def _float32(a: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def open_state(folder: Path, params: list[Param], *, from_pt: bool = False) -> Iterator[State]:
+def open_state(
+    folder: Path, params: list[Param], *, from_pt: bool = False, formats: tuple[str, ...] | None = None
+) -> Iterator[State]:
     """The weights in ``folder`` under canonical names, whatever their format.
 
-    The reading is :func:`conversion.formats.open_source`'s, shared by the three backends:
+    The reading is :func:`encdec_core.formats.canonical.open_source`'s, shared by the three backends:
     canonical ``model.safetensors``, TF-format safetensors, ``tf_model.h5`` (single or
     sharded) or ``pytorch_model.bin``; with ``from_pt`` only the PyTorch ones. TF names go
     through ``params`` (both sides of ``tie_encoder_decoder``); names it does not know keep
     their stored names, so the loading report lists them.
     """
-    accept = ("pt", "bin") if from_pt else ("pt", "tf", "h5", "bin")
-    with open_source(folder, params, accept=accept, what="PyTorch " if from_pt else "") as source:
+    accept = formats or (("pt", "bin") if from_pt else ("pt", "tf", "h5", "bin"))
+    what = "PyTorch " if set(accept) <= {"pt", "bin"} else ""
+    with open_source(folder, params, accept=accept, what=what) as source:
         yield State(source.shapes, lambda k: _float32(source.get(k)))
 
 
-def load_weights(model: PreTrainedModel, folder: Path, *, from_pt: bool = False) -> LoadingReport:
+def load_weights(
+    model: PreTrainedModel, folder: Path, *, from_pt: bool = False, formats: tuple[str, ...] | None = None
+) -> LoadingReport:
     """Make ``model``'s variables from the checkpoint in ``folder``; initialise what it lacks."""
     params = model.weight_table()
-    with open_state(folder, model.tf_params(), from_pt=from_pt) as state:
-        plan = plan_load(params, state.shapes, model._canonical_shapes(), ties=model.weight_ties(),
-                         base_prefix=model.base_model_prefix, source=str(folder))
+    with open_state(folder, model.tf_params(), from_pt=from_pt, formats=formats) as state:
+        plan = plan_load(
+            params,
+            state.shapes,
+            model._canonical_shapes(),
+            ties=model.weight_ties(),
+            base_prefix=model.base_model_prefix,
+            source=str(folder),
+        )
         if plan.report.mismatched:
             plan.report.raise_if(True)
         arrays = {name: state.get(key) for name, key in plan.sources.items()}

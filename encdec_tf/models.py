@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from encdec_core import driver
 from encdec_core.configs import BertConfig, GPT2Config, RobertaConfig
 from encdec_core.errors import InputError
-from encdec_core.outputs import BaseModelOutput, CausalLMOutput
+from encdec_core.outputs import BaseModelOutput
 from encdec_core.registry import register_model
 from encdec_core.tables import architecture
-from encdec_tf.cache import DecoderCache, check_room, past_state
+from encdec_tf.cache import DecoderCache, as_cache, check_room, empty_cache, past_state
 from encdec_tf.layers import (
     Block,
     Dense,
@@ -26,7 +27,6 @@ from encdec_tf.layers import (
     cross_attention_mask,
     dims,
     dropout,
-    layer_norm_eps,
     run_blocks,
     self_attention_mask,
 )
@@ -48,14 +48,14 @@ class Embeddings(Module):
         d, pad = config.hidden_size, config.pad_token_id
         self.padding_idx = pad
         self.word_embeddings = Embedding(config.vocab_size, d, "word_embeddings", leaf="weight", padding_idx=pad)
-        self.position_embeddings = Embedding(config.max_position_embeddings, d, "position_embeddings",
-                                             padding_idx=pad if self.roberta else None)
+        self.position_embeddings = Embedding(
+            config.num_positions, d, "position_embeddings", padding_idx=pad if self.roberta else None
+        )
         self.token_type_embeddings = Embedding(config.type_vocab_size, d, "token_type_embeddings")
-        self.LayerNorm = LayerNorm(d, config.layer_norm_eps, "LayerNorm")
-        self.rate = config.hidden_dropout_prob
+        self.LayerNorm = LayerNorm(d, config.norm_eps, "LayerNorm")
+        self.rate = config.embed_dropout
 
-    def call(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, past=0,
-             training=False):
+    def call(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, past=0, training=False):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
         b, t = dims(x)[:2]
         if position_ids is None:
@@ -109,11 +109,27 @@ class BaseModel(PreTrainedModel):
     def pool(self, x):
         return None
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
-             output_attentions=False, output_hidden_states=False, return_dict=True, training=False):
+    def call(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        training=False,
+    ):
         """HF's base-model call; ``past_key_values`` is HF's tuples or a :class:`DecoderCache` (then updated)."""
         check_ids(self.config, input_ids, "input_ids")
+        output_attentions, output_hidden_states, return_dict = driver.output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         use_cache = bool(use_cache if use_cache is not None else self.config.use_cache) and self.causal()
         past, cache_index, pasts, encoder_attention_mask = past_state(past_key_values, encoder_attention_mask)
         x = self.embed(input_ids, position_ids, token_type_ids, inputs_embeds, past, training)  # (B,T,D)
@@ -124,14 +140,22 @@ class BaseModel(PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = tf.ones(dims(encoder_hidden_states)[:2], tf.int32)
         x, extra = run_blocks(
-            self.blocks(), x, mask=mask, enc=encoder_hidden_states, enc_mask=cross_attention_mask(encoder_attention_mask),
-            past_key_values=pasts, cache_index=cache_index, use_cache=use_cache or cache_index is not None,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, training=training,
+            self.blocks(),
+            x,
+            mask=mask,
+            enc=encoder_hidden_states,
+            enc_mask=cross_attention_mask(encoder_attention_mask),
+            past_key_values=pasts,
+            cache_index=cache_index,
+            use_cache=use_cache or cache_index is not None,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
         )
         x = self.final(x)
         presents = extra["past_key_values"]
         if cache_index is not None:
-            presents = DecoderCache(past + t, presents, past_key_values.encoder_attention_mask)
+            presents = as_cache(past + t, presents, past_key_values.encoder_attention_mask)
         out = BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pool(x),
@@ -142,19 +166,24 @@ class BaseModel(PreTrainedModel):
         )
         return out if return_dict else out.to_tuple()
 
-    def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None,
-                   encoder_attention_mask=None) -> DecoderCache:
+    def init_cache(
+        self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None
+    ) -> DecoderCache:
         """An empty :class:`DecoderCache` of ``max_length`` positions; cross keys/values computed once here.
 
         ``encoder_hidden_states`` (B, S, D_cross) and ``encoder_attention_mask`` (B, S) are only
         needed by a decoder with cross-attention; they are not passed again at each step.
         """
-        roberta = isinstance(self.config, RobertaConfig)  # its positions start after padding_idx
-        limit = self.config.max_position_embeddings - (self.config.pad_token_id + 1 if roberta else 0)
+        limit = self.config.position_limit  # RoBERTa's positions start after padding_idx
         if max_length > limit:
             raise InputError(f"init_cache: max_length={max_length} exceeds the {limit} positions this model embeds")
-        return DecoderCache.empty([b.attention_layers() for b in self.blocks()], batch_size, max_length,
-                                  encoder_hidden_states, encoder_attention_mask)
+        return empty_cache(
+            [b.attention_layers() for b in self.blocks()],
+            batch_size,
+            max_length,
+            encoder_hidden_states,
+            encoder_attention_mask,
+        )
 
 
 @register_model("tf", "bert", "encoder")
@@ -163,8 +192,9 @@ class BertModel(BaseModel):
 
     config_class = BertConfig
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, scope: str | None = None,
-                 name: str | None = None):
+    def __init__(
+        self, config: BertConfig, add_pooling_layer: bool = True, scope: str | None = None, name: str | None = None
+    ):
         super().__init__(config, scope=scope, name=name)
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
@@ -202,10 +232,10 @@ class GPT2Model(BaseModel):
 
     def __init__(self, config: GPT2Config, scope: str | None = None, name: str | None = None):
         super().__init__(config, scope=scope, name=name)
-        self.wte = Embedding(config.vocab_size, config.n_embd, "wte")
-        self.wpe = Embedding(config.n_positions, config.n_embd, "wpe")
-        self.h = [Block(config, i, gpt2=True, name=f"h_._{i}") for i in range(config.n_layer)]
-        self.ln_f = LayerNorm(config.n_embd, layer_norm_eps(config), "ln_f")
+        self.wte = Embedding(config.vocab_size, config.hidden_size, "wte")
+        self.wpe = Embedding(config.num_positions, config.hidden_size, "wpe")
+        self.h = [Block(config, i, gpt2=True, name=f"h_._{i}") for i in range(config.num_hidden_layers)]
+        self.ln_f = LayerNorm(config.hidden_size, config.norm_eps, "ln_f")
         self.pooler = None
         self._finish_init()
 
@@ -222,7 +252,7 @@ class GPT2Model(BaseModel):
         x = x + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
-        return dropout(x, self.config.embd_pdrop, training)
+        return dropout(x, self.config.embed_dropout, training)
 
     def final(self, x):
         return self.ln_f(x)
@@ -237,13 +267,13 @@ class LMHead(Module):
 
     def __init__(self, config: BertConfig, *, bert_names: bool, name: str):
         super().__init__(name)
-        d, eps = config.hidden_size, config.layer_norm_eps
+        d, eps = config.hidden_size, config.norm_eps
         self.bert_names = bert_names
         if bert_names:
             self.transform = Module("transform")
             self.transform.dense = Dense(d, d, "dense")
             self.transform.LayerNorm = LayerNorm(d, eps, "LayerNorm")
-            self.act = activation(config.hidden_act)
+            self.act = activation(config.act_name)
         else:
             self.dense = Dense(d, d, "dense")
             self.layer_norm = LayerNorm(d, eps, "layer_norm")
@@ -268,8 +298,9 @@ def masked_cross_entropy(logits, labels):
     """Mean cross-entropy over the tokens whose label is not -100 (PyTorch's ``ignore_index``)."""
     labels = tf.convert_to_tensor(labels)
     keep = tf.not_equal(labels, -100)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, tf.zeros_like(labels)),
-                                                        logits=tf.cast(logits, tf.float32))  # (B,T)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(keep, labels, tf.zeros_like(labels)), logits=tf.cast(logits, tf.float32)
+    )  # (B,T)
     keep = tf.cast(keep, tf.float32)
     return tf.reduce_sum(ce * keep) / tf.reduce_sum(keep)
 
@@ -284,8 +315,9 @@ class CausalLM(PreTrainedModel):
 
     def _make_base(self, base_cls, config, **kw) -> BaseModel:
         with defer_variables():  # built once, with the LM, by _finish_init
-            return base_cls(config, scope=architecture(config.model_type).base_prefix[1], name=self.base_model_prefix,
-                            **kw)
+            return base_cls(
+                config, scope=architecture(config.model_type).base_prefix[1], name=self.base_model_prefix, **kw
+            )
 
     def param_slots(self):
         yield from self._base().param_slots()  # under its scope ("bert"), the table's base prefix
@@ -300,31 +332,49 @@ class CausalLM(PreTrainedModel):
             return tf.matmul(x, self.get_input_embeddings().table, transpose_b=True)
         return self.get_output_embeddings()(x)
 
-    def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None,
-                   encoder_attention_mask=None) -> DecoderCache:
+    def init_cache(
+        self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None
+    ) -> DecoderCache:
         """See :meth:`BaseModel.init_cache`."""
         return self._base().init_cache(batch_size, max_length, encoder_hidden_states, encoder_attention_mask)
 
-    def call(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-             past_key_values=None, use_cache=None, output_attentions=False, output_hidden_states=False, labels=None,
-             return_dict=True, position_ids=None, inputs_embeds=None, token_type_ids=None, training=False):
-        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        base = self._base()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, training=training, **kw,
+    def call(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        labels=None,
+        return_dict=None,
+        position_ids=None,
+        inputs_embeds=None,
+        token_type_ids=None,
+        training=False,
+    ):
+        base = self._base()(  # by name: Keras takes only tensors positionally
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            training=training,
         )
-        logits = self.head_logits(base.last_hidden_state)
-        out = CausalLMOutput(
-            loss=None if labels is None else causal_lm_loss(logits, labels),
-            logits=logits,
-            past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states,
-            attentions=base.attentions,
-            cross_attentions=base.cross_attentions,
+        logits = self.head_logits(base.last_hidden_state)  # (B,T,V)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return driver.causal_lm_output(
+            base, logits, loss, self.config.return_dict if return_dict is None else return_dict
         )
-        return out if return_dict else out.to_tuple()
 
 
 @register_model("tf", "bert", "decoder")
@@ -378,7 +428,7 @@ class GPT2LMHeadModel(CausalLM):
         super().__init__(config, name=name)
         self.transformer = self._make_base(GPT2Model, config)
         if not config.tie_word_embeddings:
-            self.lm_head = Dense(config.n_embd, config.vocab_size, "lm_head", use_bias=False)
+            self.lm_head = Dense(config.hidden_size, config.vocab_size, "lm_head", use_bias=False)
         self._finish_init()
 
     def get_output_embeddings(self):
@@ -386,3 +436,6 @@ class GPT2LMHeadModel(CausalLM):
 
     def head_logits(self, x):
         return self.project(x)
+
+
+__all__ = ["BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "GPT2Model", "GPT2LMHeadModel"]

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from encdec_core.generation import GenerationPlan, bad_words_for
+from encdec_core.decoding import build_processors, processor_specs, run_processors, temperature
+from encdec_core.generation import GenerationPlan
 
 Processor = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # (ids (N,L), cur (), scores (N,V)) -> scores
 INF = float("inf")
@@ -53,29 +54,34 @@ def _seen(ids: tf.Tensor, cur: tf.Tensor, vocab: int, valid: tf.Tensor | None = 
 
 def repetition_penalty(penalty: float) -> Processor:
     """A token already in the row: positive score / penalty, negative score * penalty."""
+
     def apply(ids, cur, scores):
         penalised = tf.where(scores < 0, scores * penalty, scores / penalty)
         return tf.where(_seen(ids, cur, scores.shape[-1]), penalised, scores)
+
     return apply
 
 
 def no_repeat_ngram(n: int) -> Processor:
     """Ban a token that would complete an n-gram already present in the row."""
+
     def apply(ids, cur, scores):
         length = ids.shape[1]
         if length < n:
             return scores
         w = length - n + 1
-        windows = tf.stack([ids[:, i:i + w] for i in range(n)], -1)  # (N, W, n): every n-gram of the buffer
+        windows = tf.stack([ids[:, i : i + w] for i in range(n)], -1)  # (N, W, n): every n-gram of the buffer
         prefix = _tail(ids, cur, n - 1)[:, None]  # (N, 1, n-1): the last n-1 tokens
         match = tf.reduce_all(tf.equal(windows[:, :, :-1], prefix), -1)  # (N, W)
         whole = tf.range(w)[None] <= cur - n  # windows that end before cur
         return _ban(scores, _seen(windows[:, :, -1], cur, scores.shape[-1], match & whole & (cur >= n)))
+
     return apply
 
 
 def bad_words(words: list[tuple[int, ...]]) -> Processor:
     """Ban a word's last token when the row ends with the word's other tokens."""
+
     def apply(ids, cur, scores):
         vocab = scores.shape[-1]
         banned = tf.zeros_like(scores, tf.bool)
@@ -88,86 +94,74 @@ def bad_words(words: list[tuple[int, ...]]) -> Processor:
                 hit = tf.reduce_all(ends_with, -1) & (cur >= head)
             banned |= hit[:, None] & _token_mask((word[-1],), vocab)[None]
         return _ban(scores, banned)
+
     return apply
 
 
 def min_length(length: int, eos) -> Processor:
     """No EOS while the row is shorter than ``length``."""
+
     def apply(ids, cur, scores):
         return _ban(scores, (cur < length) & _token_mask(eos, scores.shape[-1])[None])
+
     return apply
 
 
-def force(token_ids: tuple[int, ...], at_length: int) -> Processor:
+def force(at_length: int, token_ids: tuple[int, ...]) -> Processor:
     """At row length ``at_length``, only ``token_ids`` are possible (score 0)."""
+
     def apply(ids, cur, scores):
         only = tf.where(_token_mask(token_ids, scores.shape[-1]), 0.0, -INF)[None]  # (1, V)
         return tf.where(tf.equal(cur, at_length), tf.broadcast_to(only, tf.shape(scores)), scores)
+
     return apply
 
 
-def temperature(t: float) -> Processor:
-    return lambda ids, cur, scores: scores / t
-
-
-def top_k(k: int, keep: int) -> Processor:
+def top_k(keep: int, k: int) -> Processor:
     """Keep the k best scores (at least ``keep``)."""
+
     def apply(ids, cur, scores):
         kk = min(max(k, keep), scores.shape[-1])
         return _ban(scores, scores < tf.math.top_k(scores, kk).values[:, -1:])
+
     return apply
 
 
-def top_p(p: float, keep: int) -> Processor:
+def top_p(keep: int, p: float) -> Processor:
     """Keep the smallest set of best tokens whose probability mass exceeds p (at least ``keep``)."""
+
     def apply(ids, cur, scores):
         order = tf.argsort(scores, axis=-1, direction="ASCENDING", stable=True)  # (N, V)
         mass = tf.cumsum(tf.nn.softmax(tf.gather(scores, order, batch_dims=1)), axis=-1)
         vocab = scores.shape[-1]
         drop = (mass <= 1 - p) & (tf.range(vocab) < vocab - keep)[None]  # the best `keep` always stay
         return _ban(scores, tf.gather(drop, tf.argsort(order, axis=-1), batch_dims=1))  # back to vocab order
+
     return apply
 
 
-def build_processors(plan: GenerationPlan, eos: tf.Tensor | None = None) -> list[Processor]:
-    """The call's processors, in Transformers' order, then the sampling warpers.
+PROCESSORS = {
+    "repetition_penalty": repetition_penalty,
+    "no_repeat_ngram": no_repeat_ngram,
+    "bad_words": bad_words,
+    "min_length": min_length,
+    "force": force,
+    "temperature": temperature,
+    "top_k": top_k,
+    "top_p": top_p,
+}
+
+
+def tf_processors(plan: GenerationPlan, eos: tf.Tensor | None = None) -> list[Processor]:
+    """The call's processors (:func:`encdec_core.decoding.processor_specs`) in TF ops.
 
     ``eos``: the EOS ids as a (V,) bool tensor given at run time (the compiled decoding takes
-    them as an input); by default ``plan.eos_ids``.
+    them as an input), used by ``min_length``; by default ``plan.eos_ids``.
     """
-    gen, out = plan.config, []
-    eos = plan.eos_ids if eos is None else eos
-    if gen.repetition_penalty != 1.0:
-        out.append(repetition_penalty(gen.repetition_penalty))
-    if gen.no_repeat_ngram_size > 0:
-        out.append(no_repeat_ngram(gen.no_repeat_ngram_size))
-    words = bad_words_for(gen, plan.eos_ids)
-    if words:
-        out.append(bad_words(words))
-    if plan.min_length > 0 and (isinstance(eos, tf.Tensor) or eos):  # a runtime mask may be all False: no-op
-        out.append(min_length(plan.min_length, eos))
-    if gen.forced_bos_token_id is not None:
-        out.append(force((gen.forced_bos_token_id,), 1))
-    if gen.forced_eos_token_id is not None:
-        forced = gen.forced_eos_token_id
-        out.append(force(tuple(forced) if isinstance(forced, list) else (forced,), plan.max_length - 1))
-    if gen.do_sample:
-        keep = 2 if plan.num_beams > 1 else 1
-        if gen.temperature != 1.0:
-            out.append(temperature(gen.temperature))
-        if gen.top_k:
-            out.append(top_k(gen.top_k, keep))
-        if gen.top_p < 1.0:
-            out.append(top_p(gen.top_p, keep))
-    return out
+    specs = processor_specs(plan)
+    if eos is not None:
+        specs = [s._replace(values=(s.values[0], eos)) if s.name == "min_length" else s for s in specs]
+    return build_processors(specs, PROCESSORS)
 
 
-def run_processors(processors: list[Processor], ids: tf.Tensor, cur, scores: tf.Tensor) -> tf.Tensor:
-    """Apply ``processors`` in order to the step's scores (N, V); ``ids`` (N, L) holds ``cur`` real positions."""
-    cur = tf.convert_to_tensor(cur, tf.int32)
-    for proc in processors:
-        scores = proc(ids, cur, scores)
-    return scores
-
-
-__all__ = ["Processor", "build_processors", "run_processors"]
+__all__ = ["Processor", "PROCESSORS", "tf_processors", "run_processors"]

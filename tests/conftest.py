@@ -33,8 +33,14 @@ def pair(request) -> str:
 
 def tiny_sizes(**over):
     """BERT/RoBERTa sizes: hidden 36, 3 heads, intermediate 37, vocab 99, 2 layers."""
-    base = dict(vocab_size=99, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
-                intermediate_size=37, max_position_embeddings=40)
+    base = dict(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+    )
     base.update(over)
     return base
 

@@ -1,15 +1,17 @@
 """A few AdamW steps of a fixture model, on one process or under torchrun (DDP / FSDP2, gloo).
 
 Usage: ``python tests/distributed_worker.py {single,ddp,fsdp} FIXTURE_DIR OUT_DIR`` (the two
-sharded modes under ``torchrun --nproc-per-node 2``). Writes the final parameters to
-``OUT_DIR/params.safetensors`` and the checkpoint to ``OUT_DIR/checkpoint`` (rank 0).
-The global batch is 4 rows; each of 2 ranks takes 2. Labels have no -100, so every rank's
-mean loss covers the same number of tokens and the averaged gradient equals the global one.
+sharded modes under ``torchrun``: 2 processes on one node, or 2 nodes of one process each).
+Writes the final parameters to ``OUT_DIR/params.safetensors`` and the checkpoint to
+``OUT_DIR/checkpoint`` (rank 0). The global batch is 4 rows; each of 2 ranks takes 2. Labels
+have no -100, so every rank's mean loss covers the same number of tokens and the averaged
+gradient equals the global one.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ STEPS, BATCH = 3, 4
 # zero (an attention key bias: softmax ignores a shift shared by all keys) it turns rounding
 # noise (~1e-9, different in a 2-rank sum) into a full-size step unless eps dominates the noise.
 EPS = 1e-5
+# a collective that waits this long means a peer is gone: fail then, not after gloo's 30 minutes
+TIMEOUT = timedelta(seconds=120)
 
 
 def main(mode: str, fixture: Path, out: Path) -> None:
@@ -31,7 +35,7 @@ def main(mode: str, fixture: Path, out: Path) -> None:
     torch.set_num_threads(1)
     rank, world = 0, 1
     if mode != "single":
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
         rank, world = dist.get_rank(), dist.get_world_size()
     model = EncoderDecoderModel.from_pretrained(fixture)
     model.eval()  # no dropout: ranks and the single run must see the same function
@@ -59,6 +63,9 @@ def main(mode: str, fixture: Path, out: Path) -> None:
         again = EncoderDecoderModel.from_pretrained(out / "checkpoint")
         save_file({k: v.clone() for k, v in again.state_dict().items()}, out / "params.safetensors")
     if mode != "single":
+        # Leave together: otherwise rank 1 closes its gloo connections while rank 0 is still
+        # writing the checkpoint, and which side closes first depends on the scheduler
+        dist.barrier()
         dist.destroy_process_group()
 
 

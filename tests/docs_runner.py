@@ -55,7 +55,7 @@ def blocks(path: Path) -> list[Block]:
         body = []
         i += 1
         while i < len(lines) and not lines[i].strip().startswith("```"):
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         i += 1  # the closing fence
         mark = NO_TEST.search(last_text)
@@ -84,8 +84,14 @@ def _run_cli(code: str, where: str) -> None:
 def run_page(path: Path) -> dict:
     """Run one page's blocks in a fresh namespace and temporary directory."""
     found = blocks(path)
-    result = {"ok": True, "blocks": 0, "skipped": sum(b.skip is not None for b in found), "seconds": 0.0, "error": "",
-              "block_seconds": {}}
+    result = {
+        "ok": True,
+        "blocks": 0,
+        "skipped": sum(b.skip is not None for b in found),
+        "seconds": 0.0,
+        "error": "",
+        "block_seconds": {},
+    }
     t0, cpu0, cwd = time.perf_counter(), time.process_time(), os.getcwd()
     namespace: dict = {"__name__": "__main__"}
     with tempfile.TemporaryDirectory(prefix="encdec-docs-") as tmp:

@@ -26,8 +26,13 @@ def main(fixture: str) -> None:
     assert len(jax.devices()) == 2, jax.devices()
     model = FlaxEncoderDecoderModel.from_pretrained(fixture)
     rng = np.random.default_rng(1)
-    batches = [{"input_ids": rng.integers(3, 99, (4, 9)).astype(np.int32),
-                "labels": rng.integers(3, 99, (4, 5)).astype(np.int32)} for _ in range(3)]
+    batches = [
+        {
+            "input_ids": rng.integers(3, 99, (4, 9)).astype(np.int32),
+            "labels": rng.integers(3, 99, (4, 5)).astype(np.int32),
+        }
+        for _ in range(3)
+    ]
     optimizer = optax.adamw(1e-3, eps=1e-5)  # eps above rounding noise: see tests/distributed_worker.py
     step = make_train_step(model, optimizer)
 
@@ -43,17 +48,28 @@ def main(fixture: str) -> None:
     plain, plain_losses = train(model.params)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded_params = shard_params(model.params, mesh, axis="data")
-    specs = jax.tree_util.tree_leaves(partition_specs(model.params, mesh, axis="data"),
-                                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    specs = jax.tree_util.tree_leaves(
+        partition_specs(model.params, mesh, axis="data"), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
     split = sum(1 for s in specs if any(a is not None for a in s))
     sharded, sharded_losses = train(sharded_params, lambda b: shard_batch(b, mesh, axis="data"))
     diffs = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), plain, sharded)
-    result = {"param_diff": max(jax.tree_util.tree_leaves(diffs)),
-              "loss_diff": max(abs(a - b) for a, b in zip(plain_losses, sharded_losses)),
-              "moved": float(max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-                  lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), plain, model.params)))),
-              "split_params": split, "total_params": len(specs),
-              "out_sharded": str(jax.tree_util.tree_leaves(sharded)[0].sharding)}
+    result = {
+        "param_diff": max(jax.tree_util.tree_leaves(diffs)),
+        "loss_diff": max(abs(a - b) for a, b in zip(plain_losses, sharded_losses)),
+        "moved": float(
+            max(
+                jax.tree_util.tree_leaves(
+                    jax.tree_util.tree_map(
+                        lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), plain, model.params
+                    )
+                )
+            )
+        ),
+        "split_params": split,
+        "total_params": len(specs),
+        "out_sharded": str(jax.tree_util.tree_leaves(sharded)[0].sharding),
+    }
     if hasattr(model, "generate"):
         src = batches[0]["input_ids"]
         ids = np.asarray(model.generate(src, max_new_tokens=5, params=model.params))

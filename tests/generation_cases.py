@@ -14,43 +14,95 @@ BASE = [[0.5, 1.0, -1.0, 2.0, -2.0, 0.0, 3.0], [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, 
 
 CASES = [
     # a seen token: positive score / 2, negative score * 2
-    dict(name="repetition_penalty", settings=dict(repetition_penalty=2.0), ids=[[0, 1, 3], [0, 2, 4]],
-         expected=[[0.25, 0.5, -1.0, 1.0, -2.0, 0.0, 3.0], [0.25, 1.0, -2.0, 2.0, -4.0, 0.0, 3.0]]),
+    dict(
+        name="repetition_penalty",
+        settings=dict(repetition_penalty=2.0),
+        ids=[[0, 1, 3], [0, 2, 4]],
+        expected=[[0.25, 0.5, -1.0, 1.0, -2.0, 0.0, 3.0], [0.25, 1.0, -2.0, 2.0, -4.0, 0.0, 3.0]],
+    ),
     # bigram (1, 3) was seen and the row ends in 1: 3 is banned; row 1 ends in 5, (5, x) never seen
-    dict(name="no_repeat_bigram", settings=dict(no_repeat_ngram_size=2), ids=[[1, 3, 1], [2, 2, 5]],
-         expected=[[0.5, 1.0, -1.0, INF, -2.0, 0.0, 3.0], BASE[1]]),
+    dict(
+        name="no_repeat_bigram",
+        settings=dict(no_repeat_ngram_size=2),
+        ids=[[1, 3, 1], [2, 2, 5]],
+        expected=[[0.5, 1.0, -1.0, INF, -2.0, 0.0, 3.0], BASE[1]],
+    ),
     # trigram (1, 2, 1) seen and the row ends in (1, 2): 1 is banned; (2, 2) -> 3 and -> 4 seen in row 1
-    dict(name="no_repeat_trigram", settings=dict(no_repeat_ngram_size=3), ids=[[0, 1, 2, 1, 2], [2, 2, 3, 2, 2]],
-         expected=[[0.5, INF, -1.0, 2.0, -2.0, 0.0, 3.0], [0.5, 1.0, -1.0, INF, -2.0, 0.0, 3.0]]),
+    dict(
+        name="no_repeat_trigram",
+        settings=dict(no_repeat_ngram_size=3),
+        ids=[[0, 1, 2, 1, 2], [2, 2, 3, 2, 2]],
+        expected=[[0.5, INF, -1.0, 2.0, -2.0, 0.0, 3.0], [0.5, 1.0, -1.0, INF, -2.0, 0.0, 3.0]],
+    ),
     # [4] always banned, [1, 5] after a 1, [6] is the eos alone: dropped so eos stays reachable
-    dict(name="bad_words", settings=dict(bad_words_ids=[[4], [1, 5], [6]]), ids=[[0, 1], [0, 2]],
-         expected=[[0.5, 1.0, -1.0, 2.0, INF, INF, 3.0], [0.5, 1.0, -1.0, 2.0, INF, 0.0, 3.0]]),
+    dict(
+        name="bad_words",
+        settings=dict(bad_words_ids=[[4], [1, 5], [6]]),
+        ids=[[0, 1], [0, 2]],
+        expected=[[0.5, 1.0, -1.0, 2.0, INF, INF, 3.0], [0.5, 1.0, -1.0, 2.0, INF, 0.0, 3.0]],
+    ),
     # length 3 < min_length 4: eos banned
-    dict(name="min_length", settings=dict(min_length=4), ids=[[0, 1, 2], [0, 3, 3]],
-         expected=[[0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF], [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF]]),
+    dict(
+        name="min_length",
+        settings=dict(min_length=4),
+        ids=[[0, 1, 2], [0, 3, 3]],
+        expected=[[0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF], [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF]],
+    ),
     dict(name="min_length_reached", settings=dict(min_length=4), ids=[[0, 1, 2, 3], [0, 3, 3, 3]], expected=BASE),
     # 2 new tokens < min_new_tokens 3 (prompt = start token)
-    dict(name="min_new_tokens", settings=dict(min_new_tokens=3), ids=[[0, 1, 2], [0, 3, 3]],
-         expected=[[0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF], [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF]]),
+    dict(
+        name="min_new_tokens",
+        settings=dict(min_new_tokens=3),
+        ids=[[0, 1, 2], [0, 3, 3]],
+        expected=[[0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF], [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, INF]],
+    ),
     # several eos ids: all banned
-    dict(name="min_length_eos_list", settings=dict(min_length=5, eos_token_id=[6, 3]), ids=[[0, 1], [0, 2]],
-         expected=[[0.5, 1.0, -1.0, INF, -2.0, 0.0, INF], [0.5, 1.0, -1.0, INF, -2.0, 0.0, INF]]),
-    dict(name="forced_bos", settings=dict(forced_bos_token_id=4), ids=[[0], [0]],
-         expected=[[INF, INF, INF, INF, 0.0, INF, INF], [INF, INF, INF, INF, 0.0, INF, INF]]),
+    dict(
+        name="min_length_eos_list",
+        settings=dict(min_length=5, eos_token_id=[6, 3]),
+        ids=[[0, 1], [0, 2]],
+        expected=[[0.5, 1.0, -1.0, INF, -2.0, 0.0, INF], [0.5, 1.0, -1.0, INF, -2.0, 0.0, INF]],
+    ),
+    dict(
+        name="forced_bos",
+        settings=dict(forced_bos_token_id=4),
+        ids=[[0], [0]],
+        expected=[[INF, INF, INF, INF, 0.0, INF, INF], [INF, INF, INF, INF, 0.0, INF, INF]],
+    ),
     dict(name="forced_bos_later", settings=dict(forced_bos_token_id=4), ids=[[0, 1], [0, 1]], expected=BASE),
     # max_length 4: at length 3 only eos
-    dict(name="forced_eos", settings=dict(forced_eos_token_id=6, max_length=4), ids=[[0, 1, 2], [0, 2, 2]],
-         expected=[[INF, INF, INF, INF, INF, INF, 0.0], [INF, INF, INF, INF, INF, INF, 0.0]]),
-    dict(name="temperature", settings=dict(do_sample=True, temperature=0.5, top_k=0), ids=[[0], [0]],
-         expected=[[1.0, 2.0, -2.0, 4.0, -4.0, 0.0, 6.0]] * 2),
-    dict(name="top_k", settings=dict(do_sample=True, top_k=2), ids=[[0], [0]],
-         expected=[[INF, INF, INF, 2.0, INF, INF, 3.0]] * 2),
+    dict(
+        name="forced_eos",
+        settings=dict(forced_eos_token_id=6, max_length=4),
+        ids=[[0, 1, 2], [0, 2, 2]],
+        expected=[[INF, INF, INF, INF, INF, INF, 0.0], [INF, INF, INF, INF, INF, INF, 0.0]],
+    ),
+    dict(
+        name="temperature",
+        settings=dict(do_sample=True, temperature=0.5, top_k=0),
+        ids=[[0], [0]],
+        expected=[[1.0, 2.0, -2.0, 4.0, -4.0, 0.0, 6.0]] * 2,
+    ),
+    dict(
+        name="top_k",
+        settings=dict(do_sample=True, top_k=2),
+        ids=[[0], [0]],
+        expected=[[INF, INF, INF, 2.0, INF, INF, 3.0]] * 2,
+    ),
     # softmax of (3, 2, 1, 0.5, ...): the best three hold > 0.9 of the mass, the best two < 0.9
-    dict(name="top_p", settings=dict(do_sample=True, top_k=0, top_p=0.9), ids=[[0], [0]],
-         expected=[[INF, 1.0, INF, 2.0, INF, INF, 3.0]] * 2),
+    dict(
+        name="top_p",
+        settings=dict(do_sample=True, top_k=0, top_p=0.9),
+        ids=[[0], [0]],
+        expected=[[INF, 1.0, INF, 2.0, INF, INF, 3.0]] * 2,
+    ),
     # temperature first, then top-k on the scaled scores
-    dict(name="warpers_chain", settings=dict(do_sample=True, temperature=2.0, top_k=3), ids=[[0], [0]],
-         expected=[[INF, 0.5, INF, 1.0, INF, INF, 1.5]] * 2),
+    dict(
+        name="warpers_chain",
+        settings=dict(do_sample=True, temperature=2.0, top_k=3),
+        ids=[[0], [0]],
+        expected=[[INF, 0.5, INF, 1.0, INF, INF, 1.5]] * 2,
+    ),
 ]
 
 
@@ -95,5 +147,5 @@ def assert_same_ids(out, run: dict, pad: int, what: str) -> None:
     prompt = len(ours[0]) - beam_indices.shape[1]
     for row, theirs, n in zip(ours, ref, (beam_indices != -1).sum(1).tolist()):
         assert row[: prompt + n] == theirs[: prompt + n], what
-        assert all(t == pad for t in row[prompt + n:]), f"{what}: not padded after the hypothesis"
-        assert len(set(theirs[prompt + n:])) <= 1, what
+        assert all(t == pad for t in row[prompt + n :]), f"{what}: not padded after the hypothesis"
+        assert len(set(theirs[prompt + n :])) <= 1, what

@@ -47,10 +47,14 @@ CASES = [
     ("labels has length 50", dict(input_ids=ids(2, 5), labels=ids(2, 50))),
     ("input_ids is an empty batch", dict(input_ids=ids(0, 5), labels=ids(0, 3))),
     ("labels has batch size 3", dict(input_ids=ids(2, 5), labels=ids(3, 4))),
-    ("attention_mask has shape \\(2, 6\\)", dict(input_ids=ids(2, 5), attention_mask=np.ones((2, 6), np.int64),
-                                                labels=ids(2, 4))),
-    ("decoder_attention_mask has shape \\(2, 3\\)", dict(input_ids=ids(2, 5), decoder_input_ids=ids(2, 4),
-                                                        decoder_attention_mask=np.ones((2, 3), np.int64))),
+    (
+        "attention_mask has shape \\(2, 6\\)",
+        dict(input_ids=ids(2, 5), attention_mask=np.ones((2, 6), np.int64), labels=ids(2, 4)),
+    ),
+    (
+        "decoder_attention_mask has shape \\(2, 3\\)",
+        dict(input_ids=ids(2, 5), decoder_input_ids=ids(2, 4), decoder_attention_mask=np.ones((2, 3), np.int64)),
+    ),
     ("labels hold -5", dict(input_ids=ids(2, 5), labels=np.array([[-5, 3], [4, 5]]))),
     ("labels hold 500", dict(input_ids=ids(2, 5), labels=np.array([[500, 3], [4, 5]]))),
     ("input_ids holds token id 120", dict(input_ids=np.array([[5, 120]]), labels=ids(1, 2))),

@@ -22,9 +22,29 @@ GEN_TASKS = ["greedy", "beam4", "sample"] if hasattr(EncoderDecoderModel, "gener
 def test_tiny_run_of_ours(tmp_path):
     tasks = ["load", "forward", *GEN_TASKS, "train_step"]
     md, js = tmp_path / "bench.md", tmp_path / "bench.json"
-    result = bench.main(["--tiny", "--sides", "ours", "--pairs", "bert2gpt2", "--tasks", ",".join(tasks),
-                         "--repeat", "1", "--warmup", "0", "--threads", "1", "--cache", str(tmp_path / "cache"),
-                         "--md", str(md), "--json", str(js)])
+    result = bench.main(
+        [
+            "--tiny",
+            "--sides",
+            "ours",
+            "--pairs",
+            "bert2gpt2",
+            "--tasks",
+            ",".join(tasks),
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--md",
+            str(md),
+            "--json",
+            str(js),
+        ]
+    )
 
     assert [r["task"] for r in result["rows"]] == tasks
     for row in result["rows"]:
@@ -48,9 +68,11 @@ def test_tiny_run_of_ours(tmp_path):
 def test_table_blanks_and_errors():
     ok = {"error": None, "median_s": 0.02, "peak_bytes": 3 << 20}
     row = {"framework": "pt", "pair": "bert2bert", "task": "greedy", "floor_s": 0.01, "weights_bytes": None}
-    rows = [dict(row, ours=ok, theirs={"error": None, "median_s": 0.01, "peak_bytes": 1 << 20}),
-            dict(row, ours={"error": "AttributeError: no | generate", "median_s": None}, theirs=ok),
-            dict(row, ours=ok, theirs=None)]
+    rows = [
+        dict(row, ours=ok, theirs={"error": None, "median_s": 0.01, "peak_bytes": 1 << 20}),
+        dict(row, ours={"error": "AttributeError: no | generate", "median_s": None}, theirs=ok),
+        dict(row, ours=ok, theirs=None),
+    ]
     lines = bench.table({"rows": rows}).splitlines()[2:]
     assert lines[0] == "| pt | greedy | bert2bert | 20.0 | 10.0 | 2.00 | 3 | 1 | 10.0 | 2.0 |"
     assert "error: AttributeError: no / generate" in lines[1] and "| 20.0 |  |" in lines[1]
@@ -59,11 +81,28 @@ def test_table_blanks_and_errors():
 
 def test_tiny_convert_task_of_ours(tmp_path):
     """The convert task: a composed bert2bert to tf_model.h5 and flax_model.msgpack, each in a fresh process."""
-    result = bench.main(["--tiny", "--sides", "ours", "--pairs", "bert2bert", "--tasks", "convert", "--repeat", "1",
-                         "--warmup", "0", "--cache", str(tmp_path / "cache")])
+    result = bench.main(
+        [
+            "--tiny",
+            "--sides",
+            "ours",
+            "--pairs",
+            "bert2bert",
+            "--tasks",
+            "convert",
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     rows = result["rows"]
-    assert [(r["framework"], r["task"], r["target"]) for r in rows] == [("tf", "convert", "h5"),
-                                                                       ("flax", "convert", "msgpack")]
+    assert [(r["framework"], r["task"], r["target"]) for r in rows] == [
+        ("tf", "convert", "h5"),
+        ("flax", "convert", "msgpack"),
+    ]
     for row in rows:
         assert row["ours"]["error"] is None, row["ours"]["error"]
         assert row["ours"]["median_s"] > 0 and row["ours"]["out_bytes"] > row["weights_bytes"] * 0.5
@@ -86,7 +125,18 @@ def test_compiled_rows_join_two_processes():
     assert compiled._cell(theirs, "greedy")["error"] == "ValueError: boom"
     assert compiled._cell(theirs, "plain generate")["median_s"] == 0.5
     failed = {"errors": {"load": "ImportError: x"}}
-    assert compiled._cell(failed, "plain generate")["error"] == "ImportError: x" and compiled._cell(None, "load") is None
-    row = {"framework": "tf", "pair": "bert2gpt2", "task": "compile", "floor_s": None, "weights_bytes": None,
-           "ours": compiled._cell(ours, "compile"), "theirs": compiled._cell(ours, "compile")}
-    assert bench.table({"rows": [row]}).splitlines()[2] == "| tf | compile | bert2gpt2 | 2000 | 2000 | 1.00 |  |  |  |  |"
+    assert (
+        compiled._cell(failed, "plain generate")["error"] == "ImportError: x" and compiled._cell(None, "load") is None
+    )
+    row = {
+        "framework": "tf",
+        "pair": "bert2gpt2",
+        "task": "compile",
+        "floor_s": None,
+        "weights_bytes": None,
+        "ours": compiled._cell(ours, "compile"),
+        "theirs": compiled._cell(ours, "compile"),
+    }
+    assert (
+        bench.table({"rows": [row]}).splitlines()[2] == "| tf | compile | bert2gpt2 | 2000 | 2000 | 1.00 |  |  |  |  |"
+    )

@@ -17,7 +17,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encdec_core import checkpoint as ck
 from encdec_core.checkpoint import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
@@ -33,6 +32,7 @@ from encdec_core.checkpoint import (
     write_json,
 )
 from encdec_core.errors import CheckpointError, ConfigError, InputError
+from encdec_core.formats import atomic as ck
 
 HF_NAMES = Path(__file__).parent / "fixtures" / "hf_names" / "extra.json"
 SHARD_RE = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
@@ -388,18 +388,39 @@ def test_renameat2_exchange_is_used_on_linux(tmp_path):
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
 
 
-def test_interrupted_fallback_swap_is_recovered_by_readers(tmp_path):
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (hidden ones included) with its bytes: a snapshot of the filesystem."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_reading_never_changes_the_filesystem_and_says_what_a_killed_save_left(tmp_path, caplog):
     target = tmp_path / "model"
     with atomic_write_dir(target) as tmp:
         checkpoint(tmp, 1.0)
     # A kill between the fallback's two renames: the old folder is aside, none in place.
     os.rename(target, ck._aside(target))
-    with CheckpointReader(target) as ckpt:  # the reader puts it back
-        np.testing.assert_array_equal(ckpt.get("w0"), np.full(4, 1.0, np.float32))
-    assert temp_leftovers(tmp_path) == []
-    # A kill after both renames: the new folder is in place, the aside copy is garbage.
+    before = tree(tmp_path)
+    with pytest.raises(CheckpointError, match=r"interrupted.*\.model\.encdec-old.*recover_interrupted"):
+        CheckpointReader(target)
+    from encdec_core.hub import resolve_checkpoint
+
+    with pytest.raises(CheckpointError, match="recover_interrupted"):
+        resolve_checkpoint(target)
+    assert tree(tmp_path) == before  # nothing renamed, nothing deleted
+    assert recover_interrupted(target) is True  # the explicit call puts it back
+    # Leftovers beside a complete folder (an aside copy, a dead save's temporary folder): one warning, no change.
     ck._aside(target).mkdir()
-    assert recover_interrupted(target) is False
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".model.tmp-{ck._HOST}-{int(dead.stdout)}-0123abcd").mkdir()
+    before = tree(tmp_path)
+    with caplog.at_level("WARNING", logger="encdec"):
+        assert resolve_checkpoint(target) == target
+        with CheckpointReader(target) as ckpt:
+            np.testing.assert_array_equal(ckpt.get("w0"), np.full(4, 1.0, np.float32))
+    assert tree(tmp_path) == before
+    warnings = [r.getMessage() for r in caplog.records if "interrupted save" in r.getMessage()]
+    assert len(warnings) == 1 and ".model.encdec-old" in warnings[0] and ".model.tmp-" in warnings[0]
+    assert recover_interrupted(target) is False  # the aside copy was garbage: gone, with the dead temp
     assert temp_leftovers(tmp_path) == []
 
 
@@ -494,8 +515,9 @@ def test_reader_frameworks_and_bad_framework(tmp_path):
 SAVER = """
 import sys, numpy as np
 from encdec_core import checkpoint as ck
+from encdec_core.formats import atomic
 if sys.argv[2] == "fallback":
-    ck._rename_exchange = lambda a, b: False
+    atomic._rename_exchange = lambda a, b: False
 i = 0
 while True:
     i += 1
@@ -526,7 +548,8 @@ def test_kill_at_any_moment_leaves_a_complete_checkpoint(tmp_path, mode):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        with CheckpointReader(target) as ckpt:  # recovers an interrupted fallback swap
+        recover_interrupted(target)  # the writer's job (the next save runs it): readers only read
+        with CheckpointReader(target) as ckpt:
             value = read_json(target / "config.json", "config")["value"]
             seen.add(value)
             for key in ckpt.keys():
@@ -536,3 +559,28 @@ def test_kill_at_any_moment_leaves_a_complete_checkpoint(tmp_path, mode):
     with atomic_write_dir(target) as tmp:  # the next save clears the killed saves' leftovers
         checkpoint(tmp, 9.0)
     assert temp_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", ["pt", "pt_sharded", "pt_bin", "tf", "flax"])
+def test_no_read_path_touches_leftovers_of_a_killed_save(tmp_path, fmt, caplog):
+    import shutil
+
+    from conversion.formats import detect, read_canonical
+    from encdec_core.formats.canonical import open_source
+    from encdec_core.hub import resolve_checkpoint
+
+    target = tmp_path / "model"
+    shutil.copytree(FIXTURES / "bert2gpt2" / fmt, target)
+    ck._aside(target).mkdir()  # what a killed fallback swap leaves beside a complete folder
+    (ck._aside(target) / "config.json").write_text("{}")
+    (target / ".model.safetensors.tmp-0123abcd").write_bytes(b"half")  # a killed atomic_output
+    before = tree(tmp_path)
+    with caplog.at_level("WARNING", logger="encdec"):
+        resolve_checkpoint(target)
+        with open_source(target) as source:
+            assert source.keys()
+        detect(target)
+        read_canonical(target, progress=False)
+    assert tree(tmp_path) == before
+    said = [r.getMessage() for r in caplog.records if "interrupted save" in r.getMessage()]
+    assert len(said) == 1 and ".model.encdec-old" in said[0] and ".model.safetensors.tmp-0123abcd" in said[0]

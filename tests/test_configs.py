@@ -10,8 +10,9 @@ from encdec_core import BertConfig, ConfigError, EncoderDecoderConfig, GPT2Confi
 from encdec_core.configs import config_from_dict
 from tests.conftest import FIXTURES, PAIRS, tiny_gpt2, tiny_sizes
 
-CONFIG_FILES = [FIXTURES / p / d / "config.json" for p in PAIRS for d in ("pt", "encoder", "decoder")
-                if (FIXTURES / p / d).is_dir()]
+CONFIG_FILES = [
+    FIXTURES / p / d / "config.json" for p in PAIRS for d in ("pt", "encoder", "decoder") if (FIXTURES / p / d).is_dir()
+]
 CONFIG_FILES += [FIXTURES / "warm" / w / "config.json" for w in ("bert", "roberta", "gpt2", "gpt2_45")]
 
 
@@ -19,7 +20,10 @@ CONFIG_FILES += [FIXTURES / "warm" / w / "config.json" for w in ("bert", "robert
 def test_hf_config_round_trips_losslessly(path):
     raw = json.loads(path.read_text())
     cfg = load_config(path)
-    assert cfg.to_dict() == {**raw, **({"encoder": raw["encoder"], "decoder": raw["decoder"]} if "encoder" in raw else {})}
+    assert cfg.to_dict() == {
+        **raw,
+        **({"encoder": raw["encoder"], "decoder": raw["decoder"]} if "encoder" in raw else {}),
+    }
     assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
@@ -30,9 +34,21 @@ def test_unknown_keys_survive_and_are_readable():
 
 def test_hf_defaults():
     b, r, g = BertConfig(), RobertaConfig(), GPT2Config()
-    assert (b.vocab_size, b.hidden_size, b.layer_norm_eps, b.pad_token_id, b.hidden_act) == (30522, 768, 1e-12, 0, "gelu")
+    assert (b.vocab_size, b.hidden_size, b.layer_norm_eps, b.pad_token_id, b.hidden_act) == (
+        30522,
+        768,
+        1e-12,
+        0,
+        "gelu",
+    )
     assert (r.vocab_size, r.pad_token_id, r.bos_token_id, r.eos_token_id) == (50265, 1, 0, 2)
-    assert (g.vocab_size, g.n_embd, g.layer_norm_epsilon, g.activation_function, g.intermediate_size) == (50257, 768, 1e-5, "gelu_new", 3072)
+    assert (g.vocab_size, g.n_embd, g.layer_norm_epsilon, g.activation_function, g.intermediate_size) == (
+        50257,
+        768,
+        1e-5,
+        "gelu_new",
+        3072,
+    )
     assert (g.hidden_size, g.num_attention_heads, g.num_hidden_layers, g.max_position_embeddings) == (768, 12, 12, 1024)
 
 
@@ -62,11 +78,27 @@ def test_from_encoder_decoder_configs_marks_the_decoder():
         ({"model_type": "bert", "layer_norm_eps": None}, r"'layer_norm_eps' must not be null"),
         ({"model_type": "bert", "is_decoder": "yes"}, r"'is_decoder' expected bool"),
         ({"model_type": "encoder-decoder", "encoder": {"model_type": "bert"}}, r"missing field 'decoder'"),
-        ({"model_type": "encoder-decoder", "encoder": {"model_type": "bert"}, "decoder": {"model_type": "gpt2", "is_decoder": True}},
-         r"add_cross_attention"),
-        ({"model_type": "encoder-decoder", "encoder": {"model_type": "bert"},
-          "decoder": {"model_type": "gpt2", "is_decoder": True, "add_cross_attention": True, "cross_attention_hidden_size": 512}},
-         r"cross_attention_hidden_size' is 512.*encoder's hidden_size is 768"),
+        (
+            {
+                "model_type": "encoder-decoder",
+                "encoder": {"model_type": "bert"},
+                "decoder": {"model_type": "gpt2", "is_decoder": True},
+            },
+            r"add_cross_attention",
+        ),
+        (
+            {
+                "model_type": "encoder-decoder",
+                "encoder": {"model_type": "bert"},
+                "decoder": {
+                    "model_type": "gpt2",
+                    "is_decoder": True,
+                    "add_cross_attention": True,
+                    "cross_attention_hidden_size": 512,
+                },
+            },
+            r"cross_attention_hidden_size' is 512.*encoder's hidden_size is 768",
+        ),
         ([1, 2], r"expected a JSON object"),
     ],
 )

@@ -43,10 +43,19 @@ DETECTED = {
     "bert2gpt2/decoder": ("pt", False, "decoder", "gpt2"),
 }
 # every committed folder of a pair, other than the standalone parts
-FOLDERS = [(p, d.name) for p in PAIRS for d in sorted((FIXTURES / p).iterdir())
-           if d.is_dir() and d.name not in ("encoder", "decoder")]
-STANDALONE = [FIXTURES / "bert2bert" / "encoder", FIXTURES / "roberta2roberta" / "decoder",
-              FIXTURES / "bert2gpt2" / "decoder", WARM / "bert", WARM / "gpt2"]
+FOLDERS = [
+    (p, d.name)
+    for p in PAIRS
+    for d in sorted((FIXTURES / p).iterdir())
+    if d.is_dir() and d.name not in ("encoder", "decoder")
+]
+STANDALONE = [
+    FIXTURES / "bert2bert" / "encoder",
+    FIXTURES / "roberta2roberta" / "decoder",
+    FIXTURES / "bert2gpt2" / "decoder",
+    WARM / "bert",
+    WARM / "gpt2",
+]
 TARGETS = ["tf", "flax", "h5", "msgpack", "bin"]
 
 
@@ -159,8 +168,12 @@ def test_standalone_encoders_and_decoders_round_trip(tmp_path, folder):
 
 def test_sharded_writes_read_back(tmp_path):
     src = FIXTURES / "bert2gpt2" / "pt"
-    for to, index in [("pt", "model.safetensors.index.json"), ("tf", "model.safetensors.index.json"),
-                      ("h5", "tf_model.h5.index.json"), ("msgpack", "flax_model.msgpack.index.json")]:
+    for to, index in [
+        ("pt", "model.safetensors.index.json"),
+        ("tf", "model.safetensors.index.json"),
+        ("h5", "tf_model.h5.index.json"),
+        ("msgpack", "flax_model.msgpack.index.json"),
+    ]:
         out = convert(src, tmp_path / to, to=to, max_shard_size="40KB")
         det = detect(out)
         assert det.sharded and det.files[0] == index and len(det.files) > 3, to
@@ -284,8 +297,14 @@ def test_streamed_msgpack_is_flax_serialization_byte_for_byte(tmp_path):
 
     ml_dtypes = pytest.importorskip("ml_dtypes")
     flat = read_flax_msgpack(FIXTURES / "bert2gpt2" / "flax")
-    flat.update({"x/bf16": np.ones((3, 2), ml_dtypes.bfloat16), "x/int": np.arange(5), "x/scalar": np.asarray(3.0),
-                 "x/transposed": np.arange(6, dtype=np.float32).reshape(2, 3).T})
+    flat.update(
+        {
+            "x/bf16": np.ones((3, 2), ml_dtypes.bfloat16),
+            "x/int": np.arange(5),
+            "x/scalar": np.asarray(3.0),
+            "x/transposed": np.arange(6, dtype=np.float32).reshape(2, 3).T,
+        }
+    )
     write_flax_msgpack(flat, tmp_path)
     tree = unflatten_tree(dict(sorted(flat.items())))
     assert (tmp_path / "flax_model.msgpack").read_bytes() == serialization.msgpack_serialize(tree)

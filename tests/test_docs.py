@@ -30,22 +30,39 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MAX_SKIPPED = 8  # blocks marked no-test over all pages (the seed's Hub examples)
 # cheap XLA compiles; two host devices so the JAX sharding example really shards
-XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-             "--xla_force_host_platform_device_count=2")
+XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_force_host_platform_device_count=2"
+)
 
 
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory) -> dict:
     """Run the selected pages once, in one subprocess."""
-    selected = [item.callspec.params["page"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec") and "page" in item.callspec.params]
+    selected = [
+        item.callspec.params["page"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec") and "page" in item.callspec.params
+    ]
     pages = [p for p in PAGES if p.name in selected] or PAGES
     out = tmp_path_factory.mktemp("docs") / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip(),
-           "OMP_NUM_THREADS": "1"}  # one thread each: tiny models, and OpenMP barriers stall on a shared machine
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "docs_runner.py"), str(out), *map(str, pages)],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+        "TQDM_DISABLE": "1",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip(),
+        "OMP_NUM_THREADS": "1",
+    }  # one thread each: tiny models, and OpenMP barriers stall on a shared machine
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "docs_runner.py"), str(out), *map(str, pages)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if not out.exists():
         pytest.fail(f"docs runner crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     data = json.loads(out.read_text())

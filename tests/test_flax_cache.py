@@ -28,8 +28,14 @@ def step_fn(pair: str):
     model = load(pair)
 
     def step(params, ids, cache, dec_mask, enc_mask):
-        out = model.decode(ids, None, encoder_attention_mask=enc_mask, decoder_attention_mask=dec_mask,
-                           past_key_values=cache, params=params)
+        out = model.decode(
+            ids,
+            None,
+            encoder_attention_mask=enc_mask,
+            decoder_attention_mask=dec_mask,
+            past_key_values=cache,
+            params=params,
+        )
         return out.logits, out.past_key_values
 
     return jax.jit(step, **FAST_COMPILE)
@@ -54,7 +60,7 @@ def test_token_by_token_equals_full_forward(pair):
         run = step if stop - start == 1 else step.__wrapped__  # the prefill runs eagerly, the steps compiled
         logits, cache = run(model.params, e["decoder_input_ids"][:, start:stop], cache, dec_mask, e["attention_mask"])
         assert_close(logits, full[:, start:stop], what=f"{pair} positions {start}..{stop - 1} with the cache")
-        assert int(cache["index"]) == stop
+        assert int(cache.index) == stop
         assert jax.tree_util.tree_map(jnp.shape, cache) == shapes
 
 

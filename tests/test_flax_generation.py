@@ -18,71 +18,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from generation_cases import BAD_SETTINGS, CASES, assert_same_ids, case_arrays, case_config
+import test_generation as harness
 
 import encdec_flax.generation as flax_generation
-from encdec_core.errors import ConfigError, GenerationError, InputError
-from encdec_core.generation import GenerationConfig, resolve
+from encdec_core.errors import GenerationError, InputError
+from encdec_core.generation import GenerationConfig
 from encdec_flax import FlaxEncoderDecoderModel
-from encdec_flax.processors import build_processors, run_processors, split_plan
-from tests.conftest import FIXTURES, PAIRS, generations
-from tests.test_flax_reference import FAST_COMPILE
-from tests.tolerances import ATOL, assert_close
+from tests.conftest import FIXTURES, generations
+from tests.tolerances import assert_close
 
-# FAST_COMPILE without XLA:CPU's fusion emitters, which halve again the compile time of a
-# generation loop here; the ids and scores are asserted, so a numeric change could not hide
-GEN_COMPILE = {"compiler_options": FAST_COMPILE["compiler_options"] | {"xla_cpu_use_fusion_emitters": False}}
-RUNS = sorted(name for name, run in generations(PAIRS[0])["runs"].items() if not run["kwargs"].get("do_sample"))
-_MODELS: dict[str, FlaxEncoderDecoderModel] = {}
-
-
-def model_for(pair: str) -> FlaxEncoderDecoderModel:
-    """One model per pair for the whole file, so the tests share its compiled loops (a test restores what it changes)."""
-    if pair not in _MODELS:
-        _MODELS[pair] = fresh(pair)
-    return _MODELS[pair]
-
-
-def fresh(pair: str) -> FlaxEncoderDecoderModel:
-    model = FlaxEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
-    model.jit_options = GEN_COMPILE
-    return model
-
-
-def batch(pair: str) -> tuple[np.ndarray, np.ndarray]:
-    g = generations(pair)
-    return np.asarray(g["input_ids"]), np.asarray(g["attention_mask"])
+GEN_COMPILE = harness.gen_compile()
+model_for = functools.partial(harness.model_for, "flax")  # shared with the cross-backend harness (and its compiles)
+fresh = functools.partial(harness.fresh, "flax")
+batch = functools.partial(harness.batch, "flax")
 
 
 def run_kwargs(pair: str, run_name: str) -> dict:
-    kw = dict(generations(pair)["runs"][run_name]["kwargs"]) | {"return_dict_in_generate": True, "output_scores": True}
-    if "decoder_input_ids" in kw:
-        kw["decoder_input_ids"] = np.asarray(kw["decoder_input_ids"])
-    return kw
-
-
-@pytest.mark.parametrize("run_name", RUNS)
-def test_ids_match_transformers(pair, run_name):
-    model, (ids, mask) = model_for(pair), batch(pair)
-    run = generations(pair)["runs"][run_name]
-    out = model.generate(ids, attention_mask=mask, **run_kwargs(pair, run_name))
-    assert_same_ids(out, run, model.config.pad_token_id, f"{pair}/{run_name}")
-    if "sequences_scores" in run:
-        assert_close(out.sequences_scores, np.array(run["sequences_scores"]), what=f"{pair} sequences_scores")
-
-
-# ------------------------------------------------------------------------------- processors
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_processor_on_hand_made_scores(case):
-    """As in the loop: jitted, over a fixed-width id buffer of which the first ``length`` columns are real."""
-    ids, scores, expected = case_arrays(case)
-    plan = resolve(GenerationConfig(**case_config(case)), prompt_length=1, vocab_size=7)
-    buffer = np.concatenate([ids, np.full((2, 4), 4), np.full((2, 1), 3)], 1)  # junk after the real ids
-    run = jax.jit(lambda i, s, n: run_processors(build_processors(*split_plan(plan, vocab=7)), i, s, n), **GEN_COMPILE)
-    out = np.asarray(run(buffer, scores, ids.shape[1]))
-    assert np.array_equal(np.isinf(out), np.isinf(expected)), f"{case['name']}: banned {np.isinf(out)}"
-    finite = ~np.isinf(expected)
-    assert np.abs(out[finite] - expected[finite]).max() <= ATOL["float32"], case["name"]
+    kw = harness.run_kwargs("flax", generations(pair)["runs"][run_name])
+    return kw | {"return_dict_in_generate": True, "output_scores": True}
 
 
 # ------------------------------------------------------------------------------- cache and compiles
@@ -107,21 +60,21 @@ def test_rows_of_a_source_share_its_cross_keys_values():
 
     enc = jax.jit(lambda p: model.encode(ids, mask, params=p).last_hidden_state, **GEN_COMPILE)(model.params)
     cache, logits, full = cached_and_full(model.params, enc, dec)
-    layer = cache["layers"][0]
-    assert layer["self_key"].shape[0] == b * g and layer["cross_key"].shape[0] == b  # shared, not tiled
+    layer = cache.layers[0]
+    assert layer.key.shape[0] == b * g and layer.cross_key.shape[0] == b  # shared, not tiled
     assert_close(logits, full, what=f"{pair} token by token with shared cross keys/values")
 
 
 def test_compiles_once_per_static_setting(monkeypatch):
     """Same shapes and static settings: no new trace; other values of a traced setting: none either."""
     traces = []
-    real = flax_generation.greedy_or_sample
+    real = flax_generation.search_loop
 
     def counting(*args):
         traces.append(1)
         return real(*args)
 
-    monkeypatch.setattr(flax_generation, "greedy_or_sample", counting)
+    monkeypatch.setattr(flax_generation, "search_loop", counting)
     model, (ids, mask) = model_for("bert2gpt2"), batch("bert2gpt2")  # settings no other test uses
     first = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
     again = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
@@ -184,7 +137,9 @@ def test_return_dict_fields():
     assert np.array_equal(np.stack([s.argmax(-1) for s in out.scores], 1), out.sequences[:, 1:])
     beam = model.generate(ids, attention_mask=mask, **run_kwargs(pair, "beam3"))  # 3 beams, 2 returned
     n_gen = beam.sequences.shape[1] - 1
-    assert beam.sequences.shape[0] == 6 and beam.sequences_scores.shape == (6,) and beam.beam_indices.shape == (6, n_gen)
+    assert (
+        beam.sequences.shape[0] == 6 and beam.sequences_scores.shape == (6,) and beam.beam_indices.shape == (6, n_gen)
+    )
     assert len(beam.scores) >= n_gen and beam.scores[0].shape == (9, 99)
     assert (beam.sequences_scores[0::2] >= beam.sequences_scores[1::2]).all()  # best first per source
 
@@ -203,8 +158,12 @@ def test_generation_config_saved_and_reloaded(tmp_path):
     model.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "generation_config.json").read_text())
     assert saved["max_new_tokens"] == 4 and saved["num_beams"] == 2 and saved["decoder_start_token_id"] == 2
-    assert saved == GenerationConfig.from_json_file(FIXTURES / "bert2bert" / "pt" / "generation_config.json").update(
-        max_new_tokens=4, num_beams=2).to_dict()  # what the PyTorch backend writes
+    assert (
+        saved
+        == GenerationConfig.from_json_file(FIXTURES / "bert2bert" / "pt" / "generation_config.json")
+        .update(max_new_tokens=4, num_beams=2)
+        .to_dict()
+    )  # what the PyTorch backend writes
     again = FlaxEncoderDecoderModel.from_pretrained(tmp_path / "m")
     assert again.generation_config.max_new_tokens == 4 and again.generation_config.num_beams == 2
 
@@ -219,32 +178,6 @@ def test_tokens_set_on_model_config_after_construction_are_used():
     finally:
         model.config.decoder_start_token_id = 2
     assert out[:, 0].tolist() == [7, 7, 7]
-
-
-def test_missing_start_token_is_a_clear_error():
-    model = fresh("bert2bert")
-    model.set_generation_config(GenerationConfig())
-    model.config.decoder_start_token_id = None
-    model.config.bos_token_id = None
-    with pytest.raises(GenerationError, match="decoder_start_token_id"):
-        model.generate(*batch("bert2bert"))
-
-
-@pytest.mark.parametrize("kwargs,match", BAD_SETTINGS)
-def test_bad_settings_are_named(kwargs, match):
-    with pytest.raises(GenerationError, match=match):
-        model_for("bert2bert").generate(*batch("bert2bert"), **kwargs)
-
-
-def test_unsupported_strategy_in_a_loaded_config_is_refused():
-    gen = GenerationConfig.from_dict({"num_beam_groups": 2, "diversity_penalty": 0.5})
-    with pytest.raises(GenerationError, match="num_beam_groups"):
-        model_for("bert2bert").generate(*batch("bert2bert"), generation_config=gen)
-
-
-def test_generation_config_types_are_checked():
-    with pytest.raises(ConfigError, match="num_beams"):
-        GenerationConfig.from_dict({"num_beams": "4"})
 
 
 def test_bad_inputs_are_named():

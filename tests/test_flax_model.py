@@ -17,7 +17,8 @@ from tests.tolerances import ATOL, assert_close, max_abs_diff
 
 def test_random_init_from_configs_follows_the_tables_and_hf_init():
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
-        BertConfig(**tiny_sizes()), GPT2Config(**tiny_gpt2(n_embd=45, n_head=5)))
+        BertConfig(**tiny_sizes()), GPT2Config(**tiny_gpt2(n_embd=45, n_head=5))
+    )
     model = FlaxEncoderDecoderModel(config, seed=3)
     flat = flatten_tree(model.params)
     assert set(flat) == {p.flax for p in model.weight_table()}  # every stored weight, HF Flax's paths
@@ -58,8 +59,11 @@ def test_roberta_positions_count_real_tokens_unlike_transformers_flax():
     model = load("roberta2roberta")
     b, s = e["input_ids"].shape
     t = e["decoder_input_ids"].shape[1]
-    hf_flax = model(**batch(e, "b"), position_ids=np.broadcast_to(np.arange(s), (b, s)),
-                    decoder_position_ids=np.broadcast_to(np.arange(t), (b, t)))
+    hf_flax = model(
+        **batch(e, "b"),
+        position_ids=np.broadcast_to(np.arange(s), (b, s)),
+        decoder_position_ids=np.broadcast_to(np.arange(t), (b, t)),
+    )
     assert max_abs_diff(hf_flax.logits, e["b.logits"]) > 0.1
     assert_close(model(**batch(e, "b")).logits, e["b.logits"], what="roberta default positions")
 
@@ -122,21 +126,39 @@ def test_bad_inputs_are_refused_by_name():
     model = load("bert2gpt2")
     b = batch(e, "a")
     cases = [
-        (dict(b, input_ids=np.where(e["input_ids"] == 50, 99, e["input_ids"])), r"input_ids holds token id 99.*vocab_size"),
+        (
+            dict(b, input_ids=np.where(e["input_ids"] == 50, 99, e["input_ids"])),
+            r"input_ids holds token id 99.*vocab_size",
+        ),
         (dict(b, input_ids=e["input_ids"].astype(np.float32)), "input_ids must hold integer token ids"),
         (dict(b, attention_mask=e["attention_mask"][:, :5]), r"attention_mask has shape \(3, 5\), expected \(3, 11\)"),
-        (dict(b, labels=e["labels"][:, :4], decoder_input_ids=e["decoder_input_ids"]),
-         r"labels has shape \(3, 4\), expected \(3, 7\)"),
+        (
+            dict(b, labels=e["labels"][:, :4], decoder_input_ids=e["decoder_input_ids"]),
+            r"labels has shape \(3, 4\), expected \(3, 7\)",
+        ),
         (dict(b, labels=np.full((3, 7), 120)), "labels hold 120, expected token ids"),
-        (dict(b, input_ids=np.ones((3, 41), np.int64), attention_mask=None), "input_ids has length 41, longer than the 40 positions"),
+        (
+            dict(b, input_ids=np.ones((3, 41), np.int64), attention_mask=None),
+            "input_ids has length 41, longer than the 40 positions",
+        ),
         ({"input_ids": e["input_ids"]}, "give decoder_input_ids, or labels"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InputError, match=message):
             model(**kwargs)
     with pytest.raises(InputError, match=r"params of FlaxEncoderDecoderModel: .*expected shape \(99, 36\)"):
-        model.check_params({**model.params, "decoder": {**model.params["decoder"], "transformer": {
-            **model.params["decoder"]["transformer"], "wte": {"embedding": jnp.zeros((98, 36))}}}})
+        model.check_params(
+            {
+                **model.params,
+                "decoder": {
+                    **model.params["decoder"],
+                    "transformer": {
+                        **model.params["decoder"]["transformer"],
+                        "wte": {"embedding": jnp.zeros((98, 36))},
+                    },
+                },
+            }
+        )
 
 
 def test_missing_special_tokens_is_a_clear_error():

@@ -43,8 +43,9 @@ def test_outputs_match_pytorch_with_and_without_labels(pair):
         assert_close(ours.logits, ref.logits.numpy(), what=f"{pair} run {run} logits")
         for i, h in enumerate(ref.decoder_hidden_states):
             assert_close(ours.decoder_hidden_states[i], h.numpy(), what=f"{pair} run {run} decoder_hidden_states[{i}]")
-    assert_close(np.reshape(fx(**batch(e, "a")).loss, 1), _pt_run(pt, batch(e, "a")).loss.reshape(1).numpy(),
-                 what=f"{pair} loss")
+    assert_close(
+        np.reshape(fx(**batch(e, "a")).loss, 1), _pt_run(pt, batch(e, "a")).loss.reshape(1).numpy(), what=f"{pair} loss"
+    )
 
 
 @pytest.mark.parametrize("pair", ["bert2gpt2_proj", "roberta2roberta", "bert2bert_tied"])
@@ -57,8 +58,14 @@ def test_gradients_match_pytorch(pair):
     named = dict(pt.named_parameters(remove_duplicate=False))  # a tied parameter's grad is the sum of its uses
     table = fx.weight_table()
     # the pooler does not reach the loss: PyTorch leaves its grad None, JAX gives zeros
-    pt_grads = to_framework({p.pt: np.zeros(named[p.pt].shape, np.float32) if named[p.pt].grad is None
-                             else named[p.pt].grad.numpy() for p in table}, table, "flax")
+    pt_grads = to_framework(
+        {
+            p.pt: np.zeros(named[p.pt].shape, np.float32) if named[p.pt].grad is None else named[p.pt].grad.numpy()
+            for p in table
+        },
+        table,
+        "flax",
+    )
 
     grads = jax.jit(jax.grad(lambda p: fx(**batch(e, "a"), params=p).loss), **FAST_COMPILE)(fx.params)
     ours = flatten_tree(grads)
@@ -100,10 +107,14 @@ def test_pytorch_checkpoint_loads_in_flax(tmp_path):
 def test_untied_lm_heads_cross_load(tmp_path, dec):
     """tie_word_embeddings=False: the LM output matrix is a weight of its own in both backends."""
     torch.manual_seed(0)
-    dec_cfg = BertConfig(**tiny_sizes(tie_word_embeddings=False)) if dec == "bert" else GPT2Config(
-        **tiny_gpt2(tie_word_embeddings=False))
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), dec_cfg,
-                                                               decoder_start_token_id=2, pad_token_id=0)
+    dec_cfg = (
+        BertConfig(**tiny_sizes(tie_word_embeddings=False))
+        if dec == "bert"
+        else GPT2Config(**tiny_gpt2(tie_word_embeddings=False))
+    )
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(
+        BertConfig(**tiny_sizes()), dec_cfg, decoder_start_token_id=2, pad_token_id=0
+    )
     pt = EncoderDecoderModel.from_config(config).eval()  # HF init (GPT-2's Conv1D starts uninitialised)
     pt.save_pretrained(tmp_path / "pt")
     fx = FlaxEncoderDecoderModel.from_pretrained(tmp_path / "pt", strict=True)

@@ -58,13 +58,21 @@ def compare_to_reference(a, b, e, what: str) -> dict[str, float]:
     """Every output of runs A and B within the fp32 tolerance; returns the max diff per kind."""
     diffs = {
         "loss": assert_close(np.reshape(a.loss, 1), e["a.loss"].reshape(1), what=f"{what} loss"),
-        "logits": max(assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)"),
-                      assert_close(b.logits, e["b.logits"], what=f"{what} logits")),
-        "encoder_last_hidden_state": assert_close(b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"],
-                                                  what=f"{what} encoder state"),
+        "logits": max(
+            assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)"),
+            assert_close(b.logits, e["b.logits"], what=f"{what} logits"),
+        ),
+        "encoder_last_hidden_state": assert_close(
+            b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{what} encoder state"
+        ),
     }
-    for field in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states",
-                  "decoder_attentions", "cross_attentions"):
+    for field in (
+        "encoder_hidden_states",
+        "encoder_attentions",
+        "decoder_hidden_states",
+        "decoder_attentions",
+        "cross_attentions",
+    ):
         ours = getattr(b, field)
         refs = sorted((k for k in e if k.startswith(f"b.{field}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         assert len(ours) == len(refs), f"{what} {field}: {len(ours)} tensors, reference has {len(refs)}"
@@ -106,7 +114,11 @@ def test_standalone_parts_load_and_match(pair):
     encoder = model_class("flax", enc_cfg, "encoder").from_pretrained(FIXTURES / pair / "encoder", strict=True)
     decoder = model_class("flax", dec_cfg, "decoder").from_pretrained(FIXTURES / pair / "decoder", strict=True)
     enc = encoder(e["input_ids"], e["attention_mask"])
-    dec = decoder(e["decoder_input_ids"], e["decoder_attention_mask"], encoder_hidden_states=enc.last_hidden_state,
-                  encoder_attention_mask=e["attention_mask"])
+    dec = decoder(
+        e["decoder_input_ids"],
+        e["decoder_attention_mask"],
+        encoder_hidden_states=enc.last_hidden_state,
+        encoder_attention_mask=e["attention_mask"],
+    )
     assert_close(enc.last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{pair} standalone encoder")
     assert_close(dec.logits, e["b.logits"], what=f"{pair} standalone decoder")

@@ -14,13 +14,37 @@ from tests.test_flax_reference import FAST_COMPILE
 
 def test_warm_started_model_learns_and_depends_on_input(tmp_path):
     vocab = 24
-    BertModel(BertConfig(vocab_size=vocab, hidden_size=36, num_hidden_layers=1, num_attention_heads=3,
-                         intermediate_size=37, max_position_embeddings=16), seed=1).save_pretrained(tmp_path / "enc")
-    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=36, n_layer=1, n_head=3, n_inner=37, n_positions=16,
-                               bos_token_id=BOS, eos_token_id=EOS), seed=2).save_pretrained(tmp_path / "dec")
+    BertModel(
+        BertConfig(
+            vocab_size=vocab,
+            hidden_size=36,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            intermediate_size=37,
+            max_position_embeddings=16,
+        ),
+        seed=1,
+    ).save_pretrained(tmp_path / "enc")
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_embd=36,
+            n_layer=1,
+            n_head=3,
+            n_inner=37,
+            n_positions=16,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+        ),
+        seed=2,
+    ).save_pretrained(tmp_path / "dec")
     model = FlaxEncoderDecoderModel.from_encoder_decoder_pretrained(
-        tmp_path / "enc", tmp_path / "dec", encoder_hidden_dropout_prob=0.0, decoder_resid_pdrop=0.0,
-        decoder_start_token_id=BOS, pad_token_id=PAD,
+        tmp_path / "enc",
+        tmp_path / "dec",
+        encoder_hidden_dropout_prob=0.0,
+        decoder_resid_pdrop=0.0,
+        decoder_start_token_id=BOS,
+        pad_token_id=PAD,
     )
     src, tgt = reverse_task(2048, length=4, vocab_size=vocab, seed=1)
     optimizer = optax.adamw(3e-3)
@@ -30,8 +54,9 @@ def test_warm_started_model_learns_and_depends_on_input(tmp_path):
     losses = []
     for i in range(250):
         idx = order.integers(0, len(src), 32)
-        params, opt_state, loss = step(params, opt_state, {"input_ids": src[idx], "labels": tgt[idx]},
-                                       jax.random.fold_in(key, i))  # attention dropout stays on: fresh masks per step
+        params, opt_state, loss = step(
+            params, opt_state, {"input_ids": src[idx], "labels": tgt[idx]}, jax.random.fold_in(key, i)
+        )  # attention dropout stays on: fresh masks per step
         losses.append(float(loss))
     assert np.mean(losses[-10:]) < 0.25 * np.mean(losses[:10]), (losses[:10], losses[-10:])
 

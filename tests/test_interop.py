@@ -1,4 +1,7 @@
-"""Optional interop with Transformers 4.57 (skipped when it is not installed): ours -> theirs."""
+"""Interop with the installed Transformers (5.x in the test environment, 4.57 where that is installed): ours -> theirs.
+
+Both directions and the tied checkpoints in detail: tests/test_transformers5.py.
+"""
 
 from __future__ import annotations
 

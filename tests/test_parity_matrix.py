@@ -17,14 +17,20 @@ import pytest
 
 from conversion import runners
 from conversion.formats import convert, detect
-from conversion.parity import PARITY_ATOL, Comparison, Diff, ParityReport, check_parity, compare_outputs
+from conversion.parity import PARITY_ATOL, PARITY_RTOL, Comparison, Diff, ParityReport, check_parity, compare_outputs
+from encdec_core.errors import InputError
 from tests.conftest import FIXTURES, PAIRS
-from tests.tolerances import ATOL
+from tests.tolerances import ATOL, RTOL
 
 FRAMEWORK_PAIRS = [("pt", "tf"), ("pt", "flax"), ("tf", "flax")]
 # pair -> (TF format, Flax format) the converter writes for that framework to load
-FORMATS = {"bert2bert": ("tf", "flax"), "bert2gpt2": ("h5", "msgpack"), "roberta2roberta": ("tf", "msgpack"),
-           "bert2gpt2_proj": ("h5", "flax"), "bert2bert_tied": ("tf", "flax")}
+FORMATS = {
+    "bert2bert": ("tf", "flax"),
+    "bert2gpt2": ("h5", "msgpack"),
+    "roberta2roberta": ("tf", "msgpack"),
+    "bert2gpt2_proj": ("h5", "flax"),
+    "bert2bert_tied": ("tf", "flax"),
+}
 CASES = [(p, a, b) for p in PAIRS for a, b in FRAMEWORK_PAIRS]
 IDS = [f"{p}-{a}-{b}" for p, a, b in CASES]
 
@@ -58,15 +64,15 @@ def run(tmp_path_factory):
 
 def test_library_tolerance_is_the_test_suites():
     """conversion.parity documents PARITY_ATOL as tests/tolerances.py's fp32 value: keep them one number."""
-    assert PARITY_ATOL == ATOL["float32"]
+    assert PARITY_ATOL == ATOL["float32"] and PARITY_RTOL == RTOL["float32"]
 
 
 @pytest.mark.parametrize("pair,a,b", CASES, ids=IDS)
 def test_outputs_agree(run, pair, a, b):
-    """Logits, loss, every encoder / decoder hidden state and cross-attention within ATOL['float32']."""
+    """Logits, loss, every encoder / decoder hidden state and cross-attention within ATOL['float32'] (absolute only)."""
     out_a, out_b = run(pair, a)["outputs"], run(pair, b)["outputs"]
     assert set(out_a) == set(out_b) and "loss" in out_a and "cross_attentions.1" in out_a
-    diffs = compare_outputs(out_a, out_b, ATOL["float32"])
+    diffs = compare_outputs(out_a, out_b, ATOL["float32"], rtol=0.0)  # the tiny fixtures hold 1e-5 alone
     over = [f"{d.name}: {d.max_abs:.2e}" for d in diffs if not d.passed]
     assert not over, f"{pair} {a} vs {b}: over {ATOL['float32']:.0e}: {over}"
 
@@ -96,11 +102,17 @@ def test_check_parity_converts_what_a_framework_cannot_read(tmp_path):
 
 
 def test_report_names_the_first_layer_over_the_tolerance():
-    ref = {"encoder_hidden_states.0": np.zeros(3), "encoder_hidden_states.1": np.ones(3),
-           "decoder_hidden_states.0": np.zeros(2), "cross_attentions.0": np.full(2, 0.5),
-           "decoder_hidden_states.1": np.ones(2), "logits": np.ones(4), "loss": np.float32(2.0)}
+    ref = {
+        "encoder_hidden_states.0": np.zeros(3),
+        "encoder_hidden_states.1": np.ones(3),
+        "decoder_hidden_states.0": np.zeros(2),
+        "cross_attentions.0": np.full(2, 0.5),
+        "decoder_hidden_states.1": np.ones(2),
+        "logits": np.ones(4),
+        "loss": np.float32(2.0),
+    }
     other = dict(ref, **{"cross_attentions.0": np.array([0.5, 0.6]), "logits": np.array([1, 1, 1, 3.0])})
-    diffs = compare_outputs(ref, other, 1e-5)
+    diffs = compare_outputs(ref, other, 1e-5, rtol=0.0)
     assert [d.name for d in diffs if not d.passed] == ["decoder.cross_attentions[0]", "logits"]
     bad = next(d for d in diffs if d.name == "logits")
     assert bad.max_abs == pytest.approx(2.0) and bad.max_rel == pytest.approx(2.0)
@@ -110,8 +122,13 @@ def test_report_names_the_first_layer_over_the_tolerance():
     table = report.table()
     assert "**FAIL**" in table and "| logits | 2.00e+00 ✗ |" in table
     assert "first over tolerance: decoder.cross_attentions[0]" in table and "beam3 different" in table
-    ok = Comparison("tf", "pt", [Diff("logits", 0.0, 0.0, True)], None,
-                    {"greedy": "unavailable: every framework refuses: GenerationError: no decoder_start_token_id"})
+    ok = Comparison(
+        "tf",
+        "pt",
+        [Diff("logits", 0.0, 0.0, True)],
+        None,
+        {"greedy": "unavailable: every framework refuses: GenerationError: no decoder_start_token_id"},
+    )
     assert ok.passed  # a limit of the checkpoint itself (every framework refuses) is reported, not failed
 
 
@@ -125,3 +142,41 @@ def test_generation_outcomes():
     assert _outcome(refused, refused).startswith("unavailable: every framework refuses: GenerationError")
     assert _outcome(ids, refused) == "error: GenerationError: no decoder_start_token_id"
     assert _outcome("TypeError: bad", "TypeError: bad") == "error: TypeError: bad"
+
+
+def test_outputs_are_judged_by_absolute_and_relative_error_together():
+    """As numpy.allclose on each output's scale: |a - b| <= atol + rtol * max|b|."""
+    ref = {"decoder_hidden_states.4": np.array([10.0, -3.0, 0.01]), "logits": np.array([6.6, 0.18, -2.0])}
+    # the issue's figures: hidden states of magnitude 10 off by 1.7e-5 (1.7e-6 of their scale); a
+    # logit near zero off by 4.3e-5 while its neighbours reach 6.6 (element-wise rtol would need 0.24)
+    other = {
+        "decoder_hidden_states.4": ref["decoder_hidden_states.4"] + [1.7e-5, 0.0, 0.0],
+        "logits": ref["logits"] + [0.0, 4.3e-5, 0.0],
+    }
+    hidden, logits = compare_outputs(ref, other, ATOL["float32"], RTOL["float32"])
+    assert hidden.passed and logits.passed
+    assert hidden.limit == pytest.approx(1e-5 + 1e-5 * 10.0) and logits.limit == pytest.approx(1e-5 + 1e-5 * 6.6)
+    assert hidden.max_abs == pytest.approx(1.7e-5) and hidden.max_rel == pytest.approx(1.7e-6)
+    assert not any(d.passed for d in compare_outputs(ref, other, ATOL["float32"], rtol=0.0))  # absolute alone: FAIL
+    # a real bug stays far outside: a dropped bias of 1e-2 on hidden states of magnitude 10
+    assert not compare_outputs(
+        ref,
+        dict(other, **{"decoder_hidden_states.4": ref["decoder_hidden_states.4"] + 1e-2}),
+        ATOL["float32"],
+        RTOL["float32"],
+    )[0].passed
+    nan = compare_outputs(ref, dict(other, logits=np.array([np.nan, 0.18, -2.0])))[1]
+    assert not nan.passed and nan.max_abs == float("inf")
+
+
+def test_report_shows_both_tolerances_and_both_columns():
+    diffs = compare_outputs({"logits": np.array([10.0])}, {"logits": np.array([10.0 + 5e-5])})
+    report = ParityReport(
+        "x", "pt", "bert2bert", "pt", ["pt", "tf"], PARITY_ATOL, {}, [Comparison("tf", "pt", diffs, None, {})]
+    )
+    table = report.table()
+    assert report.passed and "1e-05 + 1e-05 * max |pt|" in table and "**PASS**" in table
+    assert "| output | tf max abs | tf max rel |" in table and "| logits | 5.00e-05 | 5.00e-06 |" in table
+    assert json.loads(report.to_json())["rtol"] == PARITY_RTOL
+    with pytest.raises(InputError, match="rtol"):
+        check_parity(FIXTURES / "bert2gpt2" / "pt", frameworks=("pt", "flax"), rtol=-1.0)

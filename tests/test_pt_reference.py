@@ -25,9 +25,12 @@ def run_reference_batch(model, e):
     with torch.no_grad():
         a = model(input_ids=_t(e, "input_ids"), attention_mask=_t(e, "attention_mask"), labels=_t(e, "labels"))
         b = model(
-            input_ids=_t(e, "input_ids"), attention_mask=_t(e, "attention_mask"),
-            decoder_input_ids=_t(e, "decoder_input_ids"), decoder_attention_mask=_t(e, "decoder_attention_mask"),
-            output_attentions=True, output_hidden_states=True,
+            input_ids=_t(e, "input_ids"),
+            attention_mask=_t(e, "attention_mask"),
+            decoder_input_ids=_t(e, "decoder_input_ids"),
+            decoder_attention_mask=_t(e, "decoder_attention_mask"),
+            output_attentions=True,
+            output_hidden_states=True,
         )
     return a, b
 
@@ -37,8 +40,13 @@ def compare_to_reference(a, b, e, what: str) -> None:
     assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)")
     assert_close(b.logits, e["b.logits"], what=f"{what} logits")
     assert_close(b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{what} encoder state")
-    for field in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states",
-                  "decoder_attentions", "cross_attentions"):
+    for field in (
+        "encoder_hidden_states",
+        "encoder_attentions",
+        "decoder_hidden_states",
+        "decoder_attentions",
+        "cross_attentions",
+    ):
         ours = getattr(b, field)
         refs = sorted((k for k in e if k.startswith(f"b.{field}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         assert len(ours) == len(refs), f"{what} {field}: {len(ours)} tensors, reference has {len(refs)}"
@@ -76,7 +84,11 @@ def test_standalone_parts_load_and_match(pair):
     decoder = model_class("pt", dec_cfg, "decoder").from_pretrained(FIXTURES / pair / "decoder", strict=True)
     with torch.no_grad():
         enc = encoder(input_ids=_t(e, "input_ids"), attention_mask=_t(e, "attention_mask"))
-        dec = decoder(input_ids=_t(e, "decoder_input_ids"), attention_mask=_t(e, "decoder_attention_mask"),
-                      encoder_hidden_states=enc.last_hidden_state, encoder_attention_mask=_t(e, "attention_mask"))
+        dec = decoder(
+            input_ids=_t(e, "decoder_input_ids"),
+            attention_mask=_t(e, "decoder_attention_mask"),
+            encoder_hidden_states=enc.last_hidden_state,
+            encoder_attention_mask=_t(e, "attention_mask"),
+        )
     assert_close(enc.last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{pair} standalone encoder")
     assert_close(dec.logits, e["b.logits"], what=f"{pair} standalone decoder")

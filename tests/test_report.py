@@ -96,7 +96,7 @@ def test_to_dict_is_json_ready():
     d = bad_report().to_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["mismatched"] == [["decoder.lm_head.weight", [99, 36], [36, 99]]]
-    assert set(d) == {"source", "missing", "unexpected", "expected_new", "mismatched", "tied"}
+    assert set(d) == {"source", "missing", "unexpected", "expected_new", "mismatched", "tied", "untied"}
 
 
 def test_prefixed_and_merge():

@@ -13,14 +13,24 @@ from tests.conftest import FIXTURES
 
 NAMES = FIXTURES / "hf_names"
 # The fact sheet's tiny models: vocab 99, hidden 32, 2 layers, 4 heads, intermediate 37, 64 positions.
-SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-             max_position_embeddings=64)
+SIZES = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
 
 
 def _config(pair: str) -> EncoderDecoderConfig:
     enc_t, dec_t = pair.split("2", 1)
     make = {"bert": BertConfig, "roberta": RobertaConfig}
-    dec = GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64) if dec_t == "gpt2" else make[dec_t](**SIZES)
+    dec = (
+        GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        if dec_t == "gpt2"
+        else make[dec_t](**SIZES)
+    )
     return EncoderDecoderConfig.from_encoder_decoder_configs(make[enc_t](**SIZES), dec)
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from encdec_core import InputError
 from encdec_tf import DecoderCache, GPT2LMHeadModel, TFEncoderDecoderModel
+from encdec_tf.cache import reorder_cache
 from tests.conftest import FIXTURES, expected
 from tests.tolerances import assert_close
 
@@ -17,8 +18,12 @@ DECODERS = ["bert2bert", "roberta2roberta", "bert2gpt2", "bert2gpt2_proj"]  # BE
 def _setup(pair):
     model = TFEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
     e = expected(pair)
-    full = model(input_ids=e["input_ids"], attention_mask=e["attention_mask"], decoder_input_ids=e["decoder_input_ids"],
-                 decoder_attention_mask=e["decoder_attention_mask"]).logits.numpy()  # (B,T,V), no cache
+    full = model(
+        input_ids=e["input_ids"],
+        attention_mask=e["attention_mask"],
+        decoder_input_ids=e["decoder_input_ids"],
+        decoder_attention_mask=e["decoder_attention_mask"],
+    ).logits.numpy()  # (B,T,V), no cache
     enc = model.get_encoder()(input_ids=e["input_ids"], attention_mask=e["attention_mask"])
     return model, e, full, enc
 
@@ -44,13 +49,16 @@ def test_preallocated_cache_steps_equal_the_full_forward(pair):
     logits, cache = model.decode_step(ids[:, :3], cache, mask)  # a 3-token prompt, then one token per step
     assert_close(logits, full[:, :3], what=f"{pair} prompt")
     for i in range(3, t):
-        logits, cache = model.decode_step(ids[:, i:i + 1], cache, mask)
+        logits, cache = model.decode_step(ids[:, i : i + 1], cache, mask)
         assert int(cache.index) == i + 1
         assert_close(logits[:, 0], full[:, i], what=f"{pair} step {i}")
     assert cache.layers[0][2] is cross_k  # cross-attention keys computed once, reused as is
     # the same step through call(), which skips the encoder when the cache holds the cross keys/values
-    via_call = model(decoder_input_ids=ids[:, :3], decoder_attention_mask=mask,
-                     past_key_values=model.init_cache(b, length, enc, e["attention_mask"]))
+    via_call = model(
+        decoder_input_ids=ids[:, :3],
+        decoder_attention_mask=mask,
+        past_key_values=model.init_cache(b, length, enc, e["attention_mask"]),
+    )
     assert isinstance(via_call.past_key_values, DecoderCache) and via_call.encoder_last_hidden_state is None
     assert_close(via_call.logits, full[:, :3], what=f"{pair} call with cache")
 
@@ -60,12 +68,22 @@ def test_growing_tuple_cache_equals_the_full_forward(pair):
     """HF's past_key_values tuples: run 3 tokens, then continue from the returned cache."""
     model, e, full, enc = _setup(pair)
     ids, dmask, src_mask = e["decoder_input_ids"], e["decoder_attention_mask"], e["attention_mask"]
-    first = model(encoder_outputs=enc, attention_mask=src_mask, decoder_input_ids=ids[:, :3],
-                  decoder_attention_mask=dmask[:, :3], use_cache=True)
+    first = model(
+        encoder_outputs=enc,
+        attention_mask=src_mask,
+        decoder_input_ids=ids[:, :3],
+        decoder_attention_mask=dmask[:, :3],
+        use_cache=True,
+    )
     past = first.past_key_values
     for i in range(3, ids.shape[1]):
-        out = model(encoder_outputs=enc, attention_mask=src_mask, decoder_input_ids=ids[:, i:i + 1],
-                    decoder_attention_mask=dmask[:, :i + 1], past_key_values=past)
+        out = model(
+            encoder_outputs=enc,
+            attention_mask=src_mask,
+            decoder_input_ids=ids[:, i : i + 1],
+            decoder_attention_mask=dmask[:, : i + 1],
+            past_key_values=past,
+        )
         past = out.past_key_values
         assert past[0][0].shape[2] == i + 1
         assert_close(out.logits[:, 0], full[:, i], what=f"{pair} tuple step {i}")
@@ -81,7 +99,7 @@ def test_compiled_step_compiles_once_and_matches(pair):
     cache = model.init_cache(b, t + 2, enc, e["attention_mask"])
     mask = tf.constant(_padded_mask(e, t + 2))
     for i in range(t):
-        logits, cache = step(ids[:, i:i + 1], cache, mask)
+        logits, cache = step(ids[:, i : i + 1], cache, mask)
         assert_close(logits[:, 0], full[:, i], what=f"{pair} XLA step {i}")
     assert step.experimental_get_tracing_count() == 1
 
@@ -92,7 +110,7 @@ def test_reordered_cache_follows_its_rows():
     cache = model.init_cache(3, 9, enc, e["attention_mask"])
     _, cache = model.decode_step(ids[:, :2], cache)
     order = [2, 0, 0]
-    logits, _ = model.decode_step(ids[order, 2:3], cache.reorder(order))
+    logits, _ = model.decode_step(ids[order, 2:3], reorder_cache(cache, order))
     assert_close(logits[:, 0], full[order, 2], what="reordered cache")
 
 
@@ -102,9 +120,9 @@ def test_decoder_alone_without_cross_attention():
     ids = np.array([[5, 17, 33, 2, 9, 41], [7, 7, 60, 12, 3, 88]])
     full = lm(input_ids=ids).logits.numpy()
     cache = lm.init_cache(2, 8)
-    assert len(cache.layers[0]) == 2 and cache.encoder_attention_mask.shape == (2, 0)
+    assert cache.layers[0].cross_key is None and cache.encoder_attention_mask.shape == (2, 0)
     for i in range(ids.shape[1]):
-        out = lm(input_ids=ids[:, i:i + 1], past_key_values=cache)
+        out = lm(input_ids=ids[:, i : i + 1], past_key_values=cache)
         cache = out.past_key_values
         assert_close(out.logits[:, 0], full[:, i], what=f"gpt2 LM step {i}")
 

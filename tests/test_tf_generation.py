@@ -12,43 +12,28 @@ each run still covers every decoder architecture (BERT, RoBERTa, GPT-2, GPT-2 be
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import test_generation as harness
 
-from encdec_core.errors import ConfigError, GenerationError, InputError
-from encdec_core.generation import GenerationConfig, resolve
+from encdec_core.errors import InputError
+from encdec_core.generation import GenerationConfig
 from encdec_tf import TFEncoderDecoderModel
-from encdec_tf.generation import build_processors, run_processors
-from tests.conftest import FIXTURES, PAIRS, generations
-from tests.generation_cases import BAD_SETTINGS, CASES, assert_same_ids, case_arrays, case_config
-from tests.tolerances import ATOL, assert_close
+from encdec_tf.cache import reorder_cache
+from tests.conftest import FIXTURES, generations
+from tests.generation_cases import assert_same_ids
+from tests.tolerances import assert_close
 
-ARCHITECTURES = ["bert2bert", "roberta2roberta", "bert2gpt2", "bert2gpt2_proj"]  # one pair per decoder kind
-BEAM_VARIANTS = {"beam3_never", "beam3_false", "beam2_lp3_never", "beam2_lp3_false"}
-RUNS = sorted(name for name, run in generations(PAIRS[0])["runs"].items() if not run["kwargs"].get("do_sample"))
-CASES_IDS = [(p, r) for p in PAIRS for r in RUNS if p in ARCHITECTURES or r not in BEAM_VARIANTS]
-_MODELS: dict[str, TFEncoderDecoderModel] = {}
-
-
-def model_for(pair: str) -> TFEncoderDecoderModel:
-    if pair not in _MODELS:
-        _MODELS[pair] = TFEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
-    return _MODELS[pair]
-
-
-def batch(pair: str) -> tuple[tf.Tensor, tf.Tensor]:
-    g = generations(pair)
-    return tf.constant(g["input_ids"]), tf.constant(g["attention_mask"])
+model_for = functools.partial(harness.model_for, "tf")  # shared with the cross-backend harness
+batch = functools.partial(harness.batch, "tf")
 
 
 def run_kwargs(run: dict) -> dict:
-    kw = dict(run["kwargs"]) | {"return_dict_in_generate": True}
-    if "decoder_input_ids" in kw:
-        kw["decoder_input_ids"] = tf.constant(kw["decoder_input_ids"])
-    return kw
+    return harness.run_kwargs("tf", run) | {"return_dict_in_generate": True}
 
 
 def generate_run(pair: str, name: str, **over):
@@ -58,17 +43,6 @@ def generate_run(pair: str, name: str, **over):
 
 def traces(model) -> int:
     return model._compiled_generate.traces
-
-
-# ------------------------------------------------------------------------------- reference ids
-@pytest.mark.parametrize("pair,run_name", CASES_IDS)
-def test_ids_match_transformers(pair, run_name):
-    run = generations(pair)["runs"][run_name]
-    out = generate_run(pair, run_name)
-    assert out.sequences.dtype == tf.int32
-    assert_same_ids(out, run, model_for(pair).config.pad_token_id, f"{pair}/{run_name}")
-    if "sequences_scores" in run:
-        assert_close(out.sequences_scores, np.array(run["sequences_scores"]), what=f"{pair} sequences_scores")
 
 
 @pytest.mark.parametrize("pair", ["bert2gpt2", "roberta2roberta"])
@@ -95,27 +69,6 @@ def test_without_xla_the_same_ids():
     for name in ("greedy", "beam3"):
         run = generations(pair)["runs"][name]
         assert_same_ids(generate_run(pair, name, jit_compile=False), run, model_for(pair).config.pad_token_id, name)
-
-
-# ------------------------------------------------------------------------------- processors
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_processor_on_hand_made_scores(case):
-    ids, scores, expected = case_arrays(case)
-    plan = resolve(GenerationConfig(**case_config(case)), prompt_length=1, vocab_size=7)
-    out = run_processors(build_processors(plan), tf.constant(ids), ids.shape[1], tf.constant(scores)).numpy()
-    assert np.array_equal(np.isinf(out), np.isinf(expected)), f"{case['name']}: banned {np.isinf(out)}"
-    finite = ~np.isinf(expected)
-    assert np.abs(out[finite] - expected[finite]).max() <= ATOL["float32"], case["name"]
-
-
-def test_processors_ignore_the_buffer_past_the_current_length():
-    """In the compiled loop ids is the whole (N, L) buffer: positions from ``cur`` on must not count."""
-    for case in CASES:
-        ids, scores, expected = case_arrays(case)
-        junk = np.concatenate([ids, np.tile(np.arange(7), (2, 1))], 1)  # every token, past cur
-        plan = resolve(GenerationConfig(**case_config(case)), prompt_length=1, vocab_size=7)
-        out = run_processors(build_processors(plan), tf.constant(junk), ids.shape[1], tf.constant(scores)).numpy()
-        assert np.array_equal(np.isinf(out), np.isinf(expected)), case["name"]
 
 
 # ------------------------------------------------------------------------------- behaviour
@@ -183,8 +136,8 @@ def test_shared_cross_keys_values_equal_tiled_ones():
     b, tiled = model.decode_step(tokens[:, :3], tiled)
     assert_close(a, b, what="shared vs tiled")
     order = [1, 0, 3, 3, 5, 4]  # rows stay within their source
-    a, _ = model.decode_step(tf.gather(tokens, order)[:, 3:], shared.reorder(order))
-    b, _ = model.decode_step(tf.gather(tokens, order)[:, 3:], tiled.reorder(order))
+    a, _ = model.decode_step(tf.gather(tokens, order)[:, 3:], reorder_cache(shared, order))
+    b, _ = model.decode_step(tf.gather(tokens, order)[:, 3:], reorder_cache(tiled, order))
     assert_close(a, b, what="after reorder")
 
 
@@ -232,32 +185,6 @@ def test_tokens_set_on_model_config_after_construction_are_used():
     model.config.decoder_start_token_id = 7
     out = model.generate(*batch("bert2bert"), max_new_tokens=2, jit_compile=False)
     assert out[:, 0].numpy().tolist() == [7, 7, 7]
-
-
-def test_missing_start_token_is_a_clear_error():
-    model = TFEncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt")
-    model.set_generation_config(GenerationConfig())
-    model.config.decoder_start_token_id = None
-    model.config.bos_token_id = None
-    with pytest.raises(GenerationError, match="decoder_start_token_id"):
-        model.generate(*batch("bert2bert"))
-
-
-@pytest.mark.parametrize("kwargs,match", BAD_SETTINGS)
-def test_bad_settings_are_named(kwargs, match):
-    with pytest.raises(GenerationError, match=match):
-        model_for("bert2bert").generate(*batch("bert2bert"), **kwargs)
-
-
-def test_unsupported_strategy_in_a_loaded_config_is_refused():
-    gen = GenerationConfig.from_dict({"num_beam_groups": 2, "diversity_penalty": 0.5})
-    with pytest.raises(GenerationError, match="num_beam_groups"):
-        model_for("bert2bert").generate(*batch("bert2bert"), generation_config=gen)
-
-
-def test_generation_config_types_are_checked():
-    with pytest.raises(ConfigError, match="num_beams"):
-        GenerationConfig.from_dict({"num_beams": "4"})
 
 
 def test_bad_inputs_are_named():

@@ -25,7 +25,8 @@ from encdec_core import (
     ShapeMismatchError,
 )
 from encdec_core.checkpoint import CheckpointReader
-from encdec_tf import BertLMHeadModel, BertModel, GPT2LMHeadModel, TFEncoderDecoderModel, modeling_utils
+from encdec_core.tables import tied_copies
+from encdec_tf import BertModel, GPT2LMHeadModel, TFEncoderDecoderModel, modeling_utils
 from tests.conftest import FIXTURES, expected, tiny_gpt2, tiny_sizes
 from tests.test_hub import fill_cache
 from tests.test_tf_reference import batch, compare_to_reference, run_reference_batch
@@ -52,12 +53,11 @@ def bert2gpt2():
     return TFEncoderDecoderModel.from_pretrained(FIXTURES / "bert2gpt2" / "pt")
 
 
-def test_random_init_from_configs_like_the_seed():
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), BertConfig(**tiny_sizes()))
-    model = TFEncoderDecoderModel(config=config)
-    assert isinstance(model.encoder, BertModel) and isinstance(model.decoder, BertLMHeadModel)
-    assert model.decoder.config.is_decoder and model.decoder.config.add_cross_attention
-    assert model.enc_to_dec_proj is None
+def test_random_init_ties_the_head_and_gives_hf_init():
+    """The parts' types and flags: tests/test_wrappers.py; here Keras' variables."""
+    model = TFEncoderDecoderModel(
+        config=EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**tiny_sizes()), BertConfig(**tiny_sizes()))
+    )
     assert model.get_output_embeddings().table is model.decoder.bert.embeddings.word_embeddings.weight  # tied head
     word = model.encoder.embeddings.word_embeddings.weight.numpy()
     assert np.all(word[0] == 0) and 0.01 < word[1:].std() < 0.03  # HF's N(0, 0.02), PyTorch's zero padding row
@@ -65,46 +65,30 @@ def test_random_init_from_configs_like_the_seed():
     assert len(model.trainable_variables) == len(model.weight_table()) - 2  # the pooler, unused, is frozen
 
 
-def test_build_from_two_models_and_projection():
+def test_build_from_two_models_keeps_their_variables():
     enc = BertModel(BertConfig(**tiny_sizes()))
     dec = GPT2LMHeadModel(GPT2Config(**tiny_gpt2(n_embd=45, n_head=5), is_decoder=True, add_cross_attention=True))
     model = TFEncoderDecoderModel(encoder=enc, decoder=dec)
-    assert tuple(model.enc_to_dec_proj.kernel.shape) == (36, 45)
-    assert model.config.encoder is enc.config  # one config object, seen from both sides
     assert model.encoder.embeddings.word_embeddings.weight is enc.embeddings.word_embeddings.weight  # not rebuilt
-
-
-def test_decoder_without_cross_attention_is_refused():
-    enc = BertModel(BertConfig(**tiny_sizes()))
-    dec = BertLMHeadModel(BertConfig(**tiny_sizes(), is_decoder=True))
-    with pytest.raises(ConfigError, match="add_cross_attention"):
-        TFEncoderDecoderModel(encoder=enc, decoder=dec)
-
-
-@pytest.mark.parametrize("enc,dec", [("bert", "bert"), ("bert", "gpt2"), ("roberta", "roberta"), ("bert", "gpt2_45")])
-def test_warm_start_reports_exactly_the_new_weights(enc, dec):
-    """from_encoder_decoder_pretrained lists as new what Transformers 4.57 initialised, no more."""
-    combos = json.loads((WARM / "expected_new.json").read_text())["combos"]
-    ref = next(c for c in combos if c["encoder"] == enc and c["decoder"] == dec)
-    model = TFEncoderDecoderModel.from_encoder_decoder_pretrained(WARM / enc, WARM / dec)
-    report = model.loading_report
-    hf_new = {f"decoder.{k}" for k in ref["decoder_missing_keys_newly_initialised"]} - set(report.tied)
-    hf_new |= set(ref["wrapper_new_weights"])
-    assert set(report.expected_new) == hf_new
-    assert not report.missing and not report.mismatched
-    assert set(report.unexpected) == set(ref["decoder_unexpected_keys_unused"]) | set(ref["encoder_unexpected_keys_unused"])
 
 
 def test_warm_start_keeps_weights_inits_new_ones_and_routes_kwargs():
     model = TFEncoderDecoderModel.from_encoder_decoder_pretrained(
-        WARM / "bert", WARM / "gpt2", decoder_n_positions=40, encoder_hidden_dropout_prob=0.0,
-        decoder_start_token_id=2, pad_token_id=0,
+        WARM / "bert",
+        WARM / "gpt2",
+        decoder_n_positions=40,
+        encoder_hidden_dropout_prob=0.0,
+        decoder_start_token_id=2,
+        pad_token_id=0,
     )
     enc_ref, dec_ref = BertModel.from_pretrained(WARM / "bert"), GPT2LMHeadModel.from_pretrained(WARM / "gpt2")
-    np.testing.assert_array_equal(model.encoder.encoder.layer[1].output_.dense.kernel.numpy(),
-                                  enc_ref.encoder.layer[1].output_.dense.kernel.numpy())
-    np.testing.assert_array_equal(model.decoder.transformer.h[0].attn.c_attn.weight.numpy(),
-                                  dec_ref.transformer.h[0].attn.c_attn.weight.numpy())
+    np.testing.assert_array_equal(
+        model.encoder.encoder.layer[1].output_.dense.kernel.numpy(),
+        enc_ref.encoder.layer[1].output_.dense.kernel.numpy(),
+    )
+    np.testing.assert_array_equal(
+        model.decoder.transformer.h[0].attn.c_attn.weight.numpy(), dec_ref.transformer.h[0].attn.c_attn.weight.numpy()
+    )
     assert model.config.encoder.hidden_dropout_prob == 0.0
     assert (model.config.decoder_start_token_id, model.config.pad_token_id) == (2, 0)
     h0 = model.decoder.transformer.h[0]  # new cross-attention: zero bias, unit LayerNorm, small normal weights
@@ -120,8 +104,8 @@ def test_load_never_initialises_what_the_checkpoint_fills(monkeypatch):
     assert calls == []
     model = TFEncoderDecoderModel.from_encoder_decoder_pretrained(WARM / "bert", WARM / "gpt2_45")
     assert {f"decoder/{c}" for c in calls if not c.startswith("enc_to_dec_proj")} | {
-        c for c in calls if c.startswith("enc_to_dec_proj")} == {
-        p.tf for p in model.weight_table() if p.pt in model.loading_report.expected_new}
+        c for c in calls if c.startswith("enc_to_dec_proj")
+    } == {p.tf for p in model.weight_table() if p.pt in model.loading_report.expected_new}
 
 
 @pytest.mark.parametrize("pair", ["bert2gpt2", "bert2bert_tied", "bert2gpt2_proj", "roberta2roberta"])
@@ -133,7 +117,8 @@ def test_save_load_round_trip(tmp_path, pair):
     np.testing.assert_array_equal(_logits(model, e), _logits(again, e))
     # what we write is what Transformers' PyTorch class writes: same names and bytes, metadata {"format": "pt"}
     ours, theirs = CheckpointReader(tmp_path / "out"), CheckpointReader(FIXTURES / pair / "pt")
-    assert set(ours.keys()) == set(theirs.keys()) and ours.metadata == {"format": "pt"}
+    copies = {t.pt for t in tied_copies(model.config)}  # a tied save also holds the encoder's copies (Transformers 5)
+    assert set(ours.keys()) == set(theirs.keys()) | copies and ours.metadata == {"format": "pt"}
     for k in theirs.keys():
         np.testing.assert_array_equal(ours.get(k), theirs.get(k), err_msg=k)
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -161,8 +146,12 @@ def _h5_tree(path):
         parts = name.split("/")
         if len(parts) > 1 and parts[0] != "top_level_model_weights":
             parts[1] = "<scope>"
-        out["/".join(parts)] = (type(obj).__name__, getattr(obj, "shape", None), str(getattr(obj, "dtype", "")),
-                                sorted(obj.attrs))
+        out["/".join(parts)] = (
+            type(obj).__name__,
+            getattr(obj, "shape", None),
+            str(getattr(obj, "dtype", "")),
+            sorted(obj.attrs),
+        )
 
     with h5py.File(path, "r") as f:
         f.visititems(visit)
@@ -176,8 +165,11 @@ def _h5_tree(path):
 def test_h5_save_matches_transformers_layout_and_reads_back_bitwise(tmp_path, pair):
     model = TFEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
     model.save_pretrained(tmp_path / "h5", save_format="h5")
-    assert sorted(p.name for p in (tmp_path / "h5").iterdir()) == ["config.json", "generation_config.json",
-                                                                   "tf_model.h5"]
+    assert sorted(p.name for p in (tmp_path / "h5").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "tf_model.h5",
+    ]
     assert _h5_tree(tmp_path / "h5" / "tf_model.h5") == _h5_tree(FIXTURES / pair / "tf" / "tf_model.h5")
     with TFH5Reader(tmp_path / "h5") as ours, TFH5Reader(FIXTURES / pair / "tf") as theirs:
         assert set(ours.keys()) == set(theirs.keys())
@@ -207,8 +199,11 @@ def test_tf_format_safetensors_with_transformers_names(tmp_path, pair):
     values = _values(model)
     (tmp_path / "tf_st").mkdir()
     (tmp_path / "tf_st" / "config.json").write_text((FIXTURES / pair / "pt" / "config.json").read_text())
-    save_file({k: values[k.removesuffix(":0")] for k in keys}, tmp_path / "tf_st" / "model.safetensors",
-              metadata={"format": "tf"})
+    save_file(
+        {k: values[k.removesuffix(":0")] for k in keys},
+        tmp_path / "tf_st" / "model.safetensors",
+        metadata={"format": "tf"},
+    )
     again, report = TFEncoderDecoderModel.from_pretrained(tmp_path / "tf_st", output_loading_info=True, strict=True)
     assert report.ok and not report.expected_new
     back = _values(again)
@@ -227,7 +222,10 @@ def test_hub_repo_id_from_an_offline_cache(tmp_path, monkeypatch):
 
 def test_shape_mismatch_is_named():
     config = GPT2Config.from_dict(json.loads((WARM / "gpt2" / "config.json").read_text()))
-    with pytest.raises(ShapeMismatchError, match=r"transformer.wte.weight: expected \(99, 36\), got \(99, 45\)"):
+    with pytest.raises(
+        ShapeMismatchError,
+        match=r"transformer.wte.weight: the config gives \(99, 36\).*the checkpoint holds \(99, 45\)",
+    ):
         GPT2LMHeadModel.from_pretrained(WARM / "gpt2_45", config=config)
 
 
@@ -258,8 +256,9 @@ def test_encoder_outputs_as_object_or_tuple_and_return_dict_false(bert2gpt2):
     full = bert2gpt2(**b)
     enc = bert2gpt2.get_encoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     from_obj = bert2gpt2(encoder_outputs=enc, attention_mask=b["attention_mask"], labels=b["labels"])
-    from_tuple = bert2gpt2(encoder_outputs=(enc.last_hidden_state,), attention_mask=b["attention_mask"],
-                           labels=b["labels"])
+    from_tuple = bert2gpt2(
+        encoder_outputs=(enc.last_hidden_state,), attention_mask=b["attention_mask"], labels=b["labels"]
+    )
     np.testing.assert_array_equal(from_obj.logits, full.logits)
     np.testing.assert_array_equal(from_tuple.logits, full.logits)
     as_tuple = bert2gpt2(**b, return_dict=False)
@@ -283,8 +282,9 @@ def test_inputs_embeds_stand_for_ids(bert2gpt2):
     by_ids = bert2gpt2(**b).logits
     embeds = tf.gather(bert2gpt2.encoder.get_input_embeddings().table, b.pop("input_ids"))
     dec_embeds = tf.gather(bert2gpt2.decoder.get_input_embeddings().table, b.pop("decoder_input_ids"))
-    assert_close(bert2gpt2(inputs_embeds=embeds, decoder_inputs_embeds=dec_embeds, **b).logits, by_ids,
-                 what="inputs_embeds")
+    assert_close(
+        bert2gpt2(inputs_embeds=embeds, decoder_inputs_embeds=dec_embeds, **b).logits, by_ids, what="inputs_embeds"
+    )
 
 
 def test_decoder_kwargs_are_routed(bert2gpt2):
@@ -311,13 +311,6 @@ def test_bad_inputs_are_clear_errors(bert2gpt2):
         model(**_batch(e))
 
 
-def test_strict_load_lists_every_problem(bert2gpt2):
-    with pytest.raises(CheckpointError) as err:
-        TFEncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt", config=bert2gpt2.config, strict=True)
-    msg = str(err.value)
-    assert "decoder.transformer.h.1.mlp.c_fc.weight" in msg and "decoder.bert.encoder.layer.1.output.dense.weight" in msg
-
-
 def test_wrong_class_and_missing_weights_are_named(tmp_path):
     with pytest.raises(ConfigError, match="cannot be loaded into GPT2LMHeadModel"):
         GPT2LMHeadModel.from_pretrained(WARM / "bert")
@@ -332,15 +325,26 @@ def test_importing_sets_the_tensorflow_backend():
     assert os.environ["KERAS_BACKEND"] == "tensorflow" and keras.backend.backend() == "tensorflow"
 
 
-@pytest.mark.parametrize("first,env,expect", [
-    ("", {"KERAS_BACKEND": "jax"}, "KERAS_BACKEND='jax'"),
-    ("import os; os.environ['KERAS_BACKEND'] = 'numpy'; import keras; del os.environ['KERAS_BACKEND']; ", {},
-     "imported with the 'numpy' backend"),
-])
+@pytest.mark.parametrize(
+    "first,env,expect",
+    [
+        ("", {"KERAS_BACKEND": "jax"}, "KERAS_BACKEND='jax'"),
+        (
+            "import os; os.environ['KERAS_BACKEND'] = 'numpy'; import keras; del os.environ['KERAS_BACKEND']; ",
+            {},
+            "imported with the 'numpy' backend",
+        ),
+    ],
+)
 def test_another_keras_backend_is_refused_at_import(first, env, expect):
     clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", first + "import encdec_tf"], capture_output=True, text=True,
-                         cwd=ROOT, env={**clean, **env})
+    out = subprocess.run(
+        [sys.executable, "-c", first + "import encdec_tf"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **env},
+    )
     assert out.returncode != 0 and "ImportError" in out.stderr and expect in out.stderr, out.stderr[-2000:]
 
 

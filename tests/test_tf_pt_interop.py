@@ -15,23 +15,42 @@ from encdec_tf import TFEncoderDecoderModel
 from tests.conftest import FIXTURES, PAIRS, expected, tiny_gpt2, tiny_sizes
 from tests.tolerances import assert_close
 
-FIELDS = ("logits", "encoder_last_hidden_state", "encoder_hidden_states", "encoder_attentions",
-          "decoder_hidden_states", "decoder_attentions", "cross_attentions")
+FIELDS = (
+    "logits",
+    "encoder_last_hidden_state",
+    "encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+)
 
 
 def _pt_runs(model, e):
     t = {k: torch.from_numpy(v) for k, v in e.items()}
     with torch.no_grad():
         a = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], labels=t["labels"])
-        b = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], decoder_input_ids=t["decoder_input_ids"],
-                  decoder_attention_mask=t["decoder_attention_mask"], output_attentions=True, output_hidden_states=True)
+        b = model(
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            decoder_input_ids=t["decoder_input_ids"],
+            decoder_attention_mask=t["decoder_attention_mask"],
+            output_attentions=True,
+            output_hidden_states=True,
+        )
     return a, b
 
 
 def _tf_runs(model, e):
     a = model(input_ids=e["input_ids"], attention_mask=e["attention_mask"], labels=e["labels"])
-    b = model(input_ids=e["input_ids"], attention_mask=e["attention_mask"], decoder_input_ids=e["decoder_input_ids"],
-              decoder_attention_mask=e["decoder_attention_mask"], output_attentions=True, output_hidden_states=True)
+    b = model(
+        input_ids=e["input_ids"],
+        attention_mask=e["attention_mask"],
+        decoder_input_ids=e["decoder_input_ids"],
+        decoder_attention_mask=e["decoder_attention_mask"],
+        output_attentions=True,
+        output_hidden_states=True,
+    )
     return a, b
 
 
@@ -79,8 +98,11 @@ def test_keras_trained_model_loads_in_pytorch_with_no_flag(tmp_path):
     assert_same_outputs(tb, pb, "Keras-trained model in PyTorch")
 
 
-@pytest.mark.parametrize("decoder", [BertConfig(**tiny_sizes()), RobertaConfig(**tiny_sizes()), GPT2Config(**tiny_gpt2())],
-                         ids=["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize(
+    "decoder",
+    [BertConfig(**tiny_sizes()), RobertaConfig(**tiny_sizes()), GPT2Config(**tiny_gpt2())],
+    ids=["bert", "roberta", "gpt2"],
+)
 def test_random_keras_model_with_untied_lm_head_in_pytorch(tmp_path, decoder):
     """tie_word_embeddings=False: the LM's own output matrix is a variable, saved under the table's name."""
     decoder.tie_word_embeddings = False
@@ -144,8 +166,9 @@ def test_seed_workaround_refuses_a_projection_from_other_weights(tmp_path, monke
         _model.decoder.transformer.ln_f.bias.add_(0.01)
     _model.encoder.save_pretrained("./encoder")
     _model.decoder.save_pretrained("./decoder")
-    model = TFEncoderDecoderModel.from_encoder_decoder_pretrained("./encoder", "./decoder", encoder_from_pt=True,
-                                                                  decoder_from_pt=True)
+    model = TFEncoderDecoderModel.from_encoder_decoder_pretrained(
+        "./encoder", "./decoder", encoder_from_pt=True, decoder_from_pt=True
+    )
     proj = model.enc_to_dec_proj.kernel.numpy()
     with caplog.at_level(logging.WARNING, logger="encdec"):
         model.config = _model.config

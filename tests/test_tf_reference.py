@@ -19,8 +19,13 @@ from tests.tolerances import assert_close
 
 FORMATS = ["pt", "tf", "tf_sharded", "pt_sharded", "pt_bin"]
 CASES = [(p, f) for p in PAIRS for f in FORMATS if (FIXTURES / p / f).is_dir()]
-FIELDS = ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states", "decoder_attentions",
-          "cross_attentions")
+FIELDS = (
+    "encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+)
 
 
 def batch(e, *keys):
@@ -30,8 +35,11 @@ def batch(e, *keys):
 def run_reference_batch(model, e):
     """Run A (labels only) and run B (explicit decoder inputs, all outputs) of the fixture."""
     a = model(**batch(e, "input_ids", "attention_mask", "labels"))
-    b = model(**batch(e, "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"),
-              output_attentions=True, output_hidden_states=True)
+    b = model(
+        **batch(e, "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"),
+        output_attentions=True,
+        output_hidden_states=True,
+    )
     return a, b
 
 
@@ -75,10 +83,15 @@ def test_standalone_parts_load_and_match(pair):
     e = expected(pair)
     enc_cfg, dec_cfg = load_config(FIXTURES / pair / "encoder"), load_config(FIXTURES / pair / "decoder")
     encoder = model_class("tf", enc_cfg, "encoder").from_pretrained(FIXTURES / pair / "encoder", strict=True)
-    decoder = model_class("tf", dec_cfg, "decoder").from_pretrained(FIXTURES / pair / "decoder", strict=True,
-                                                                    from_pt=True)
+    decoder = model_class("tf", dec_cfg, "decoder").from_pretrained(
+        FIXTURES / pair / "decoder", strict=True, from_pt=True
+    )
     enc = encoder(**batch(e, "input_ids", "attention_mask"))
-    dec = decoder(input_ids=e["decoder_input_ids"], attention_mask=e["decoder_attention_mask"],
-                  encoder_hidden_states=enc.last_hidden_state, encoder_attention_mask=e["attention_mask"])
+    dec = decoder(
+        input_ids=e["decoder_input_ids"],
+        attention_mask=e["decoder_attention_mask"],
+        encoder_hidden_states=enc.last_hidden_state,
+        encoder_attention_mask=e["attention_mask"],
+    )
     assert_close(enc.last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{pair} standalone encoder")
     assert_close(dec.logits, e["b.logits"], what=f"{pair} standalone decoder")

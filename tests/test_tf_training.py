@@ -21,10 +21,18 @@ VOCAB = 24
 
 def _toy_model() -> TFEncoderDecoderModel:
     keras.utils.set_random_seed(0)
-    enc = BertConfig(vocab_size=VOCAB, hidden_size=36, num_hidden_layers=1, num_attention_heads=3,
-                     intermediate_size=37, max_position_embeddings=16, hidden_dropout_prob=0.0)
-    dec = GPT2Config(vocab_size=VOCAB, n_embd=36, n_layer=1, n_head=3, n_inner=37, n_positions=16, resid_pdrop=0.0,
-                     embd_pdrop=0.0)
+    enc = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=36,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+    )
+    dec = GPT2Config(
+        vocab_size=VOCAB, n_embd=36, n_layer=1, n_head=3, n_inner=37, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0
+    )
     model = TFEncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
     model.config.decoder_start_token_id, model.config.pad_token_id = BOS, PAD
     return model
@@ -39,8 +47,13 @@ def test_fit_on_dict_batches_learns_the_toy_task():
     """compile() without a loss, fit() on {input_ids, attention_mask, labels}: the internal loss falls."""
     model = _toy_model()
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    history = model.fit(_dataset(2048, seed=1).shuffle(2048, seed=0).batch(32).repeat(), epochs=4,
-                        steps_per_epoch=25, shuffle=False, verbose=0)
+    history = model.fit(
+        _dataset(2048, seed=1).shuffle(2048, seed=0).batch(32).repeat(),
+        epochs=4,
+        steps_per_epoch=25,
+        shuffle=False,
+        verbose=0,
+    )
     losses = history.history["loss"]  # per-epoch means
     assert losses[-1] < 0.5 * losses[0], losses
     test = next(iter(_dataset(64, seed=99).batch(64)))
@@ -76,8 +89,9 @@ def test_gradients_match_pytorch(pair):
     pt.eval()
     pt(**{k: torch.from_numpy(e[k]) for k in ("input_ids", "attention_mask", "labels")}).loss.backward()
     stored = {p.pt for p in pt.weight_table()}  # tied parameters under their stored name, as ours
-    pt_grads = {n: p.grad.numpy() for n, p in pt.named_parameters(remove_duplicate=False)
-                if n in stored and p.grad is not None}
+    pt_grads = {
+        n: p.grad.numpy() for n, p in pt.named_parameters(remove_duplicate=False) if n in stored and p.grad is not None
+    }
 
     model = TFEncoderDecoderModel.from_pretrained(FIXTURES / pair / "pt")
     params = model.weight_table()

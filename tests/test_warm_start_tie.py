@@ -30,9 +30,11 @@ def parts(tmp_path_factory):
 
 
 def _batch():
-    return {"input_ids": np.array([[2, 11, 12, 13, 3], [2, 21, 22, 3, 0]]),
-            "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
-            "labels": np.array([[13, 12, 11, 3], [22, 21, 3, -100]])}
+    return {
+        "input_ids": np.array([[2, 11, 12, 13, 3], [2, 21, 22, 3, 0]]),
+        "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
+        "labels": np.array([[13, 12, 11, 3], [22, 21, 3, -100]]),
+    }
 
 
 def test_tie_in_every_backend_uses_the_decoder_weights(parts, tmp_path):
@@ -44,8 +46,10 @@ def test_tie_in_every_backend_uses_the_decoder_weights(parts, tmp_path):
     pt = EncoderDecoderModel.from_encoder_decoder_pretrained(enc, dec, tie_encoder_decoder=True, **tokens).eval()
     decoder_only = BertModel.from_pretrained(dec)
     assert pt.config.tie_encoder_decoder
-    assert torch.equal(pt.encoder.encoder.layer[0].attention.self.query.weight,
-                       decoder_only.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        pt.encoder.encoder.layer[0].attention.self.query.weight,
+        decoder_only.encoder.layer[0].attention.self.query.weight,
+    )
     batch = _batch()
     pt_out = pt(**{k: torch.from_numpy(v) for k, v in batch.items()})
     for cls in (TFEncoderDecoderModel, FlaxEncoderDecoderModel):
@@ -59,8 +63,9 @@ def test_tie_in_every_backend_uses_the_decoder_weights(parts, tmp_path):
         model.save_pretrained(tmp_path / cls.__name__)
         again = EncoderDecoderModel.from_pretrained(tmp_path / cls.__name__, strict=True)
         assert again.config.tie_encoder_decoder and again.num_parameters() == pt.num_parameters()
-        assert torch.equal(again.encoder.embeddings.word_embeddings.weight,
-                           decoder_only.embeddings.word_embeddings.weight), cls.__name__
+        assert torch.equal(
+            again.encoder.embeddings.word_embeddings.weight, decoder_only.embeddings.word_embeddings.weight
+        ), cls.__name__
 
 
 @pytest.mark.parametrize("backend", ["tf", "flax"])
@@ -71,4 +76,3 @@ def test_unknown_unprefixed_argument_is_an_error(backend):
         from encdec_flax import FlaxEncoderDecoderModel as cls
     with pytest.raises(InputError, match="unknown argument"):
         cls.from_encoder_decoder_pretrained(WARM / "bert", WARM / "gpt2", n_positions=40)
-
