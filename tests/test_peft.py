@@ -50,7 +50,7 @@ def test_lora_trains_generates_saves_reloads_and_merges(tmp_path):
         loss = model(**data).loss
         loss.backward()
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0], losses
     assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if not p.requires_grad)
     model.eval()
