@@ -439,7 +439,8 @@ class EncoderDecoderDriver:
 
     @classmethod
     def _assemble(cls, config: EncoderDecoderConfig, parts: dict[str, Any], options: dict) -> Any:
-        raise NotImplementedError
+        """The backend's tensor half of a warm start: build the wrapper from the loaded parts."""
+        raise NotImplementedError(f"{cls.__name__} must define _assemble (each backend wrapper does)")
 
 
 __all__ = [

@@ -287,7 +287,7 @@ class CausalLM(PreTrainedModel):
 
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head: the base model's last states (B,T,D) -> logits (B,T,V); each architecture's own."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define head_logits (each causal LM class does)")
 
 
 @register_model("pt", "bert", "decoder")
