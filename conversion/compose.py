@@ -4,7 +4,9 @@ The chosen backend does the warm start (``from_encoder_decoder_pretrained``: the
 made causal, its cross-attention and any ``enc_to_dec_proj`` are new) and saves the
 canonical checkpoint. ``tie=True`` shares the encoder with the decoder's base model
 (BERTShare / RoBERTaShare of Rothe et al.): as Transformers does, the decoder's weights are
-kept and the encoder's are dropped, and ``config.json`` says ``tie_encoder_decoder: true``.
+kept, ``config.json`` says ``tie_encoder_decoder: true``, and the encoder's weights are
+written as copies of the decoder's (both copies, as the models' ``save_pretrained`` write a
+tied model: Transformers 5.x ignores the flag and loads each side, 4.57 ties them).
 The encoder's tokenizer files (``tokenizer.json``, its vocabulary, ...) are copied into the
 composed folder, so ``encdec generate OUT --text ...`` goes from text to text with no
 ``--tokenizer``.
@@ -87,7 +89,8 @@ def _tie(folder: Path, out: Path) -> None:
             f"--tie shares the encoder with the decoder's base model: both must be the same kind of model, "
             f"got {data['encoder']['model_type']} and {data['decoder']['model_type']}"
         )
-    tied = tables_for(config_from_dict(data, source=str(folder / "config.json")), "encoder-decoder")
+    config = config_from_dict(data, source=str(folder / "config.json"))
+    tied = tables_for(config, "encoder-decoder")
     bad = [
         f"{t.pt} {tuple(arrays[t.pt].shape)} vs {t.source} {tuple(arrays[t.source].shape)}"
         for t in tied.ties
@@ -106,7 +109,7 @@ def _tie(folder: Path, out: Path) -> None:
         ):
             (tmp / side).write_bytes((folder / side).read_bytes())
         write_json(tmp / "config.json", data)
-        write_weights({p.pt: arrays[p.pt] for p in tied.stored}, tmp, "pt", tied)
+        write_weights({p.pt: arrays[p.pt] for p in tied.stored}, tmp, "pt", tied, config=config)
 
 
 def compose(

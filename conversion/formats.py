@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ from encdec_core.checkpoint import (
     WEIGHT_FILE_PATTERNS,
     atomic_write_dir,
     check_interrupted,
+    read_json,
+    write_json,
 )
 from encdec_core.configs import PretrainedConfig, load_config
 from encdec_core.errors import CheckpointError, InputError
@@ -68,10 +70,13 @@ from encdec_core.formats.naming import (
     tables_for,
 )
 from encdec_core.formats.sources import Source
-from encdec_core.loading import IGNORED_SUFFIXES
+from encdec_core.loading import IGNORED_SUFFIXES, differing_copies
 
 logger = logging.getLogger("encdec")
 PROGRESS_BYTES = 1 << 28  # a progress bar by default from 256 MB of tensors
+# the formats whose differing tie_encoder_decoder copies the loaders load untied
+# (encdec_core.loading.differing_tied_copies); TF and Flax files are loaded tied
+UNTIE_FORMATS = ("pt", "bin")
 
 
 # ----------------------------------------------------------------------------- detection
@@ -154,20 +159,97 @@ def _progress(total_bytes: int, progress: bool | None) -> bool | None:
     return True if total_bytes < PROGRESS_BYTES else None
 
 
+def _names(pairs: Sequence[tuple[str, str]]) -> str:
+    """The first three ``a vs b`` pairs, then how many more."""
+    shown = ", ".join(f"{a} vs {b}" for a, b in pairs[:3])
+    return shown + (f", +{len(pairs) - 3} more" if len(pairs) > 3 else "")
+
+
+def warn_differing_copies(
+    path: Path, tables: Tables, differ: Sequence[str], *, untied: bool = False, action: str = "read"
+) -> None:
+    """One warning per tie flag whose copies differ in ``path`` (``differ``: names from :func:`differing_copies`).
+
+    ``untied``: the ``tie_encoder_decoder`` copies differ in PyTorch weights, so the model is
+    ``action`` ("read", "converted") untied, both copies kept, as the loaders load it. Otherwise
+    the weight they are tied to (the decoder's copy) is kept for both, as the loaders do.
+    """
+    flags = {t.pt: (t.flag, t.source) for t in tables.ties}
+    by_flag: dict[str, list[tuple[str, str]]] = {}
+    for name in differ:
+        by_flag.setdefault(flags[name][0], []).append((name, flags[name][1]))
+    for flag, pairs in by_flag.items():
+        if flag == "tie_encoder_decoder" and untied:
+            logger.warning(
+                "%s: tie_encoder_decoder cannot be honoured: the encoder's and the decoder's copies of %d shared "
+                "weight(s) differ (%s); both copies are kept and the %s model is untied (tie_encoder_decoder: "
+                "false), so that it computes what the source computes in Transformers 5.x and in encdec "
+                "(each side from its own copy)",
+                path,
+                len(pairs),
+                _names(pairs),
+                action,
+            )
+            continue
+        kept = "the decoder's copy" if flag == "tie_encoder_decoder" else "the weight they are tied to"
+        logger.warning(
+            "%s: %s could not be honoured because the copies differ: %d tied weight(s) differ from the weight "
+            "they are tied to (%s); %s is kept for both, as encdec's loaders keep it for %s",
+            path,
+            flag,
+            len(pairs),
+            _names(pairs),
+            kept,
+            "TF and Flax files" if flag == "tie_encoder_decoder" else "every format",
+        )
+
+
 def read_canonical(
     path: str | os.PathLike[str], *, fmt: str | None = None, progress: bool | None = None
 ) -> tuple[Detected, Tables, dict[str, np.ndarray]]:
     """Every stored weight of the checkpoint in ``path`` as canonical numpy arrays (dtypes kept), strictly.
 
     Raises ONE :class:`CheckpointError` listing every source key not consumed and every
-    target weight not filled. Tied copies that TF / Flax files and ``.bin`` carry are
-    consumed (a warning if they differ from the weight they are tied to); buffers that are
+    target weight not filled. Tied copies that TF / Flax files, ``.bin`` and a two-copy
+    ``tie_encoder_decoder`` ``model.safetensors`` carry are consumed; buffers that are
     recomputed (``position_ids``, GPT-2's ``attn.bias``) are dropped, as Transformers does.
+
+    Copies that differ from the weight they are tied to are found by
+    :func:`encdec_core.loading.differing_copies` and read as encdec's loaders load them:
+    ``tie_encoder_decoder`` copies that differ in PyTorch weights (``pt``, ``bin``: what
+    Transformers 5.x saves after training a tied model, as it ignores the tie) are read
+    untied, both copies kept: the returned ``Detected.config`` is then a copy of config.json
+    with ``tie_encoder_decoder=False`` and the tables are its tables. In every other case the
+    weight they are tied to (the decoder's copy) is kept for both. :func:`warn_differing_copies`
+    says which.
     """
+    return _read_canonical(path, fmt=fmt, progress=progress, action="read")[:3]
+
+
+def _untied_config(config: PretrainedConfig) -> PretrainedConfig:
+    untied = config.copy()
+    untied.tie_encoder_decoder = False
+    return untied
+
+
+def _read_canonical(
+    path: str | os.PathLike[str], *, fmt: str | None, progress: bool | None, action: str
+) -> tuple[Detected, Tables, dict[str, np.ndarray], bool]:
+    """:func:`read_canonical`, and whether the differing copies made it read the model untied."""
     det = detect(path, formats=[fmt] if fmt else None)
     with raw_source(det.path, det.format) as raw:
+        pooler = has_pooler(raw.keys())
         tables = checkpoint_tables(det, raw.keys())
         src = Source(det.path, det.format, raw, [tables.full])
+        differ = differing_copies(tables.ties, src)  # the loaders' rule, on the file's own copies
+        warned = tables
+        untied = det.format in UNTIE_FORMATS and any(
+            t.flag == "tie_encoder_decoder" for t in tables.ties if t.pt in differ
+        )
+        if untied:  # as the loaders (encdec_core.loading.differing_tied_copies): each side from its own copy
+            det = replace(det, config=_untied_config(det.config))
+            tables = tables_for(det.config, det.kind, pooler=pooler)
+            src = Source(det.path, det.format, raw, [tables.full])
         stored = {p.pt for p in tables.stored}
         tied = {t.pt: t.source for t in tables.ties}
         unconsumed = [
@@ -175,8 +257,12 @@ def read_canonical(
             for n in src.keys()
             if n not in stored and n not in tied and not n.endswith(IGNORED_SUFFIXES)
         ]
-        # a file that stored only the other side of a tie fills its source (as plan_load does)
-        fill = {p.pt: next((t for t, s in tied.items() if s == p.pt and t in src), p.pt) for p in tables.stored}
+        # a file that stored only the other side of a tie fills its source (as plan_load does); one that
+        # stored both is read from the source's own copy (the decoder's, for tie_encoder_decoder)
+        fill = {
+            p.pt: p.pt if p.pt in src else next((t for t, s in tied.items() if s == p.pt and t in src), p.pt)
+            for p in tables.stored
+        }
         unfilled = [name for name, key in fill.items() if key not in src]
         if unconsumed or unfilled:
             raise _mismatch_error(det, unconsumed, unfilled)
@@ -187,15 +273,8 @@ def read_canonical(
                 fill.items(), desc=f"read {det.format}", unit="tensor", disable=_progress(total, progress)
             )
         }
-        differ = [t for t, s in tied.items() if t in src and s in arrays and not np.array_equal(src.get(t), arrays[s])]
-    if differ:
-        logger.warning(
-            "%s: %d tied weight(s) differ from the weight they are tied to (%s); the latter is kept",
-            det.path,
-            len(differ),
-            ", ".join(differ[:3]),
-        )
-    return det, tables, arrays
+    warn_differing_copies(det.path, warned, differ, untied=untied, action=action)
+    return det, tables, arrays, untied
 
 
 def _check_paths(src: Path, dst: Path) -> None:
@@ -221,6 +300,13 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def _write_untied_config(src: Path, dst: Path) -> None:
+    """``dst``'s config.json: the source's, ``tie_encoder_decoder`` false at the top level (sub-configs unchanged)."""
+    data = read_json(src / CONFIG_NAME, "config")
+    data["tie_encoder_decoder"] = False
+    write_json(dst / CONFIG_NAME, data)
+
+
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -238,6 +324,10 @@ def convert(
     (if any) to the complete new checkpoint at once, and ``src`` is only read. An existing
     ``dst`` holding weights is replaced only with ``overwrite=True``. ``max_shard_size``
     ("200MB", bytes) writes shards plus an index; a progress bar shows over large checkpoints.
+    A ``tie_encoder_decoder`` checkpoint is written with both copies of the shared weights;
+    one whose PyTorch weights hold differing copies (a Transformers 5.x save after training)
+    is converted untied, as encdec's loaders and 5.x load it: both copies as they are, and
+    ``tie_encoder_decoder: false`` in the converted config.json (one warning says so).
     Returns ``dst``.
     """
     if to not in FORMATS:
@@ -249,17 +339,20 @@ def convert(
             f"{dst}: already holds a checkpoint ({', '.join(present_formats(dst))}); "
             "pass overwrite=True (--overwrite) to replace it"
         )
-    det, tables, arrays = read_canonical(src, fmt=source_format, progress=progress)
+    det, tables, arrays, untied = _read_canonical(src, fmt=source_format, progress=progress, action="converted")
     scope = version = None
     if det.format == "h5" and to == "h5":  # keep the model name and Keras version the file records
         scope, version = h5_scope(det.path)
     with atomic_write_dir(dst) as tmp:
         _copy_side_files(det.path, tmp)
+        if untied:  # the copies differ: the converted model is untied, as the loaders load the source
+            _write_untied_config(det.path, tmp)
         written = write_weights(
             arrays,
             tmp,
             to,
             tables,
+            config=det.config,
             max_shard_size=max_shard_size,
             scope=scope,
             keras_version=version,
@@ -281,6 +374,7 @@ __all__ = [
     "present_formats",
     "open_source",
     "read_canonical",
+    "warn_differing_copies",
     "checkpoint_tables",
     "convert",
     "stored_name",

@@ -1,10 +1,14 @@
 """Write canonical arrays in any format: the inverse of :mod:`encdec_core.formats.sources`, through the same tables.
 
 ``arrays`` are canonical (HF PyTorch names and layouts), the stored weights of a
-checkpoint (tied copies left out, as in ``model.safetensors``). Each format gets what
-Transformers 4.57 writes for it: ``.bin`` and the TF / Flax files carry the tied copies
-too (HF's ``.bin`` is the whole ``state_dict``; its TF and Flax classes do not tie
-``tie_encoder_decoder`` weights), each weight under the format's name, in its layout.
+checkpoint (tied copies left out, as :func:`conversion.formats.read_canonical` returns
+them). Each format gets what Transformers 4.57 writes for it: ``.bin`` and the TF / Flax
+files carry the tied copies too (HF's ``.bin`` is the whole ``state_dict``; its TF and Flax
+classes do not tie ``tie_encoder_decoder`` weights), each weight under the format's name,
+in its layout. A ``tie_encoder_decoder`` checkpoint holds both copies of the shared weights
+in every format, the canonical ``model.safetensors`` included, exactly as the three models'
+``save_pretrained`` write them (:func:`encdec_core.tables.with_tied_copies`): Transformers
+5.x ignores the flag and loads each side, 4.57 loads both and ties them.
 
 >>> import numpy as np, tempfile
 >>> from encdec_core.configs import BertConfig
@@ -12,7 +16,7 @@ too (HF's ``.bin`` is the whole ``state_dict``; its TF and Flax classes do not t
 >>> t = tables_for(BertConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=5,
 ...                           vocab_size=7, max_position_embeddings=8), "encoder")
 >>> arrays = {p.pt: np.zeros(1, np.float32) for p in t.stored}  # shapes are the caller's business
->>> [p.name for p in write_weights(arrays, tempfile.mkdtemp(), "tf", t)]
+>>> [p.name for p in write_weights(arrays, tempfile.mkdtemp(), "tf", t, config=None)]
 ['model.safetensors']
 """
 
@@ -27,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from encdec_core.checkpoint import save_safetensors
+from encdec_core.configs import PretrainedConfig
 from encdec_core.errors import InputError
 from encdec_core.formats.naming import FORMATS, Tables, framework_op, stored_name
 from encdec_core.formats.sources import from_numpy
-from encdec_core.tables import apply_op
+from encdec_core.tables import apply_op, with_tied_copies
 
 _H5_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 
@@ -75,6 +80,7 @@ def write_weights(
     fmt: str,
     tables: Tables,
     *,
+    config: PretrainedConfig | None,
     max_shard_size: int | str | None = None,
     scope: str | None = None,
     keras_version: str | None = None,
@@ -82,12 +88,19 @@ def write_weights(
 ) -> list[Path]:
     """Write the weights (no configs) of a checkpoint in ``fmt`` into ``folder``; returns the files written.
 
-    ``scope`` and ``keras_version`` are recorded in ``tf_model.h5`` (defaults: the name
-    Transformers' TF class would have, from ``architectures``, and the installed Keras).
+    ``config`` is the checkpoint's (what its ``config.json`` says; ``None`` for weights without
+    one): with ``tie_encoder_decoder`` the encoder's copies of the shared weights are written
+    beside the decoder's, in every format. A checkpoint read untied because its copies differ
+    (:func:`conversion.formats.read_canonical` then gives an untied config, and both copies in
+    ``arrays``) is written as it is, each copy its own. ``scope`` and ``keras_version`` are recorded in
+    ``tf_model.h5`` (defaults: the name Transformers' TF class would have, from
+    ``architectures``, and the installed Keras).
     """
     folder = Path(folder)
+    # tie_encoder_decoder: both copies, the encoder's from the decoder's (as the models' save_pretrained)
+    arrays = with_tied_copies(config, dict(arrays))
     if fmt == "pt":
-        return save_safetensors(dict(arrays), folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        return save_safetensors(arrays, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
     if fmt == "bin":
         from encdec_core.formats.pt_bin import write_pytorch_bin
 

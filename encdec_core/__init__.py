@@ -4,11 +4,18 @@ Imports numpy, safetensors and huggingface_hub only; never a deep-learning frame
 """
 
 from encdec_core.configs import (
+    BartConfig,
     BertConfig,
+    BertGenerationConfig,
+    CamembertConfig,
+    DistilBertConfig,
+    ElectraConfig,
     EncoderDecoderConfig,
     GPT2Config,
+    MBartConfig,
     PretrainedConfig,
     RobertaConfig,
+    XLMRobertaConfig,
     config_from_dict,
     load_config,
 )
@@ -28,6 +35,13 @@ __all__ = [
     "BertConfig",
     "RobertaConfig",
     "GPT2Config",
+    "XLMRobertaConfig",
+    "CamembertConfig",
+    "BertGenerationConfig",
+    "ElectraConfig",
+    "DistilBertConfig",
+    "BartConfig",
+    "MBartConfig",
     "EncoderDecoderConfig",
     "PretrainedConfig",
     "config_from_dict",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from encdec_core.generation import GenerationPlan, bad_words_for
+from encdec_core.generation import GenerationConfigMixin, GenerationPlan, bad_words_for, resolve
 from encdec_core.outputs import GenerateOutput
+from encdec_core.validation import max_positions
 
 NEG = -1.0e9  # HF's "impossible" beam score: finite so sums and comparisons stay ordered
 EARLY_STOPPING = {False: 0, True: 1, "never": 2}  # early_stopping as an int (a traced input in TF)
@@ -97,6 +98,28 @@ def temperature(t):
     return lambda ids, cur, scores: scores / t
 
 
+# every processor a backend implements, by the name processor_specs gives it (temperature is written once, here)
+PROCESSOR_NAMES = (
+    "repetition_penalty",
+    "no_repeat_ngram",
+    "bad_words",
+    "min_length",
+    "force",
+    "temperature",
+    "top_k",
+    "top_p",
+)
+
+
+def processor_table(namespace: dict) -> dict:
+    """A backend module's processors by name (``processor_table(globals())``); ``temperature`` is the core's."""
+    table = {"temperature": temperature, **{n: namespace[n] for n in PROCESSOR_NAMES if n in namespace}}
+    missing = [n for n in PROCESSOR_NAMES if n not in table]
+    if missing:
+        raise NotImplementedError(f"{namespace.get('__name__')}: no implementation of the processors {missing}")
+    return table
+
+
 def build_processors(specs, implementations: dict) -> list:
     """Processors from their specs: ``implementations[name](*args, *values)``."""
     return [implementations[s.name](*s.args, *s.values) for s in specs]
@@ -121,6 +144,9 @@ class Ops:
     pad: Any
     early: Any
     never: Any
+
+    # the dtypes of full(..., kind), by name (each backend's dtype of that name)
+    DTYPE_NAMES = {"id": "int32", "float": "float32", "bool": "bool"}
 
     def __init__(self, processors: list):
         self._processors = processors
@@ -397,13 +423,61 @@ def trim(out: SearchOutput, prompt_length: int, want_scores: bool) -> GenerateOu
     )
 
 
+class GenerateDriver(GenerationConfigMixin):
+    """``generate`` once for the three wrappers; a backend supplies three tensor steps.
+
+    * ``_generation_source(input_ids, attention_mask, encoder_outputs, probe, options)`` -> (encoder
+      states (B,S,D_enc), source mask (B,S) or None): checks the source and encodes it;
+    * ``_decoder_prompt(b, start_id, decoder_input_ids, decoder_attention_mask)`` -> (prompt (B,P), its
+      mask or None): the start token, or it followed by the given ids;
+    * ``_search(plan, states, mask, prompt, prompt_mask, want_scores, options)`` -> the search's
+      :class:`SearchOutput` (greedy, sampling or beam search over the backend's :class:`Ops`).
+
+    ``generate_options`` are the backend's own keywords with their defaults (PyTorch's ``generator``,
+    ``compile``; TF's ``jit_compile``; Flax's ``params``, ``prng_key``); ``generate_returns_output``: the
+    result is always a :class:`GenerateOutput` (Transformers' Flax), not only with ``return_dict_in_generate``.
+    """
+
+    generate_options: dict = {}
+    generate_returns_output = False
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
+
+        Settings come from ``model.generation_config`` (from ``generation_config.json`` or the model
+        config), overridden by ``generation_config=`` and by keyword arguments (``max_new_tokens=``,
+        ``num_beams=``, ...). ``encoder_outputs=`` replaces the source; ``decoder_input_ids=`` (with
+        ``decoder_attention_mask=``) is a decoder prompt (the start token is prepended unless every
+        row begins with it). Sampling is reproducible with ``seed=``. Returns ids (rows, length), or a
+        :class:`GenerateOutput` (``.sequences``, and ``.scores`` ... when asked) with
+        ``return_dict_in_generate=True``. Each backend's module documents its own keywords.
+        """
+        options = {k: kwargs.pop(k, v) for k, v in self.generate_options.items()}
+        encoder_outputs = kwargs.pop("encoder_outputs", None)
+        prompt_ids, prompt_mask = kwargs.pop("decoder_input_ids", None), kwargs.pop("decoder_attention_mask", None)
+        gen = self._generation_config(kwargs.pop("generation_config", None), kwargs)
+        vocab = self.config.decoder.vocab_size
+        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
+        states, mask = self._generation_source(input_ids, attention_mask, encoder_outputs, probe, options)
+        prompt, prompt_mask = self._decoder_prompt(int(states.shape[0]), probe.start_id, prompt_ids, prompt_mask)
+        limit = max_positions(self.config.decoder)
+        plan = resolve(gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab, max_positions=limit)
+        want_scores = bool(gen.return_dict_in_generate and gen.output_scores)
+        raw = self._search(plan, states, mask, prompt, prompt_mask, want_scores, options)
+        out = trim(raw, plan.prompt_length, want_scores)
+        return out if gen.return_dict_in_generate or self.generate_returns_output else out.sequences
+
+
 __all__ = [
+    "GenerateDriver",
     "LayerCache",
     "DecoderCache",
     "ProcessorSpec",
     "processor_specs",
     "temperature",
     "build_processors",
+    "PROCESSOR_NAMES",
+    "processor_table",
     "run_processors",
     "Ops",
     "SearchOutput",

@@ -29,6 +29,10 @@ class InputError(EncdecError, ValueError):
     """An argument of a call (ids, masks, labels, generation options) is invalid."""
 
 
+class ArgumentError(InputError, TypeError):
+    """A call got an argument it does not take, or one twice (a ``TypeError`` too, as Python's own)."""
+
+
 class GenerationError(InputError):
     """Generation cannot proceed with the given options (e.g. no start token is known)."""
 
@@ -39,5 +43,6 @@ __all__ = [
     "CheckpointError",
     "ShapeMismatchError",
     "InputError",
+    "ArgumentError",
     "GenerationError",
 ]

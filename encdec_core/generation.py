@@ -159,6 +159,11 @@ class GenerationConfig:
             for k in SPECIAL_TOKENS:
                 if values[k] is None:
                     values[k] = getattr(decoder, k, None)
+        # the generation settings an architecture's config carries (BART's forced_eos_token_id), as HF pulls them
+        for part in (config, decoder):
+            for k in getattr(type(part), "generation_keys", ()):
+                if values.get(k) is None:
+                    values[k] = getattr(part, k)
         gen = cls(**values)
         gen.extra["_from_model_config"] = True
         return gen

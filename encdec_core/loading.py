@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from encdec_core.report import LoadingReport
 from encdec_core.tables import Param, Tie
@@ -113,6 +114,22 @@ def plan_load(
     return LoadPlan(sources=sources, report=report, init=[p.pt for p in absent])
 
 
+def differing_copies(ties: Iterable[Tie], source: Any) -> list[str]:
+    """The names ``t.pt`` of ``ties`` whose two copies ``source`` (canonical names) both holds, with different values.
+
+    The one rule for a checkpoint that stores both sides of a tie: the copies are compared bit
+    for bit. The loaders (through :func:`differing_tied_copies`) and the converter
+    (``conversion.formats.read_canonical``) both decide with it.
+    """
+    import numpy as np
+
+    return [
+        t.pt
+        for t in ties
+        if t.pt in source and t.source in source and not np.array_equal(source.get(t.pt), source.get(t.source))
+    ]
+
+
 def differing_tied_copies(config, folder) -> list[str]:
     """The ``tie_encoder_decoder`` weights whose two copies in the PyTorch weights of ``folder`` differ.
 
@@ -121,8 +138,6 @@ def differing_tied_copies(config, folder) -> list[str]:
     outputs come from the two sides apart): the load must then keep both, not tie. TF and Flax
     files are left to their loaders (Transformers' TF and Flax classes honour the tie).
     """
-    import numpy as np
-
     from encdec_core.errors import CheckpointError
     from encdec_core.formats.canonical import open_source
     from encdec_core.tables import tied_copies
@@ -132,13 +147,9 @@ def differing_tied_copies(config, folder) -> list[str]:
         return []
     try:
         with open_source(folder, accept=("pt", "bin")) as source:
-            return [
-                t.pt
-                for t in ties
-                if t.pt in source and t.source in source and not np.array_equal(source.get(t.pt), source.get(t.source))
-            ]
+            return differing_copies(ties, source)
     except CheckpointError:  # no PyTorch weights there
         return []
 
 
-__all__ = ["LoadPlan", "plan_load", "IGNORED_SUFFIXES", "differing_tied_copies"]
+__all__ = ["LoadPlan", "plan_load", "IGNORED_SUFFIXES", "differing_copies", "differing_tied_copies"]

@@ -144,6 +144,31 @@ class GenerateOutput(ModelOutput):
 
 
 # ------------------------------------------------------------------ building outputs (the three wrappers)
+def run_layers(blocks, x, step, *, output_hidden_states: bool, output_attentions: bool, keep_presents: bool):
+    """Run a layer stack as Transformers does, collecting what its layers return (any framework).
+
+    ``step(i, block, x)`` -> (x, present, self-attention probs, cross-attention probs or None).
+    Returns (x, extra): ``extra["hidden_states"]`` the input of each layer (the caller appends
+    the last), ``"past_key_values"`` the presents (with ``keep_presents``), ``"attentions"`` and
+    ``"cross_attentions"`` (with ``output_attentions``; cross only where a layer attended across).
+    """
+    hidden, attns, cross, presents = [], [], [], []
+    for i, block in enumerate(blocks):
+        if output_hidden_states:
+            hidden.append(x)
+        x, present, p_self, p_cross = step(i, block, x)
+        presents.append(present)
+        attns.append(p_self)
+        cross.append(p_cross)
+    has_cross = any(p is not None for p in cross)
+    return x, {
+        "hidden_states": hidden,
+        "past_key_values": tuple(presents) if keep_presents else None,
+        "attentions": tuple(attns) if output_attentions else None,
+        "cross_attentions": tuple(cross) if output_attentions and has_cross else None,
+    }
+
+
 def as_encoder_output(encoder_outputs: Any) -> Any:
     """``encoder_outputs`` as a :class:`BaseModelOutput`; HF's tuple order is (last_hidden_state, hidden_states, attentions)."""
     if isinstance(encoder_outputs, (tuple, list)):
@@ -195,6 +220,7 @@ def causal_lm_output(base: Any, logits: Any, loss: Any, return_dict: bool | None
 
 
 __all__ = [
+    "run_layers",
     "ModelOutput",
     "BaseModelOutput",
     "CausalLMOutput",

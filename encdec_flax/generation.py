@@ -27,16 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from encdec_core.decoding import DecoderCache, Ops, SearchOutput, make_search, trim
+from encdec_core.decoding import DecoderCache, GenerateDriver, Ops, SearchOutput, make_search
 from encdec_core.errors import InputError
-from encdec_core.generation import GenerationConfig, GenerationConfigMixin, mask_pad_id, prepend_start, resolve
-from encdec_core.validation import max_positions
+from encdec_core.generation import mask_pad_id, prepend_start
 from encdec_flax.modeling_utils import check_ids, check_length, encoder_states
 from encdec_flax.processors import Static, flax_processors, split_plan
 
 Step = Callable[[jax.Array, Any], tuple[jax.Array, Any]]  # (ids (N,T), cache) -> (last logits (N,V) f32, cache)
-_FN = {"all": jnp.all, "any": jnp.any, "min": jnp.min, "max": jnp.max, "sum": jnp.sum}
-_DTYPE = {"id": jnp.int32, "float": jnp.float32, "bool": jnp.bool_}
 
 
 # ------------------------------------------------------------------------------- the search ops
@@ -63,7 +60,7 @@ class FlaxOps(Ops):
         return lax.top_k(scores + jax.random.gumbel(sub, scores.shape), k)[1], key
 
     def full(self, shape, value, kind):
-        return jnp.full(shape, value, _DTYPE[kind])
+        return jnp.full(shape, value, self.DTYPE_NAMES[kind])
 
     def arange(self, n):
         return jnp.arange(n)
@@ -99,7 +96,7 @@ class FlaxOps(Ops):
         return lax.dynamic_index_in_dim(buf, pos, buf.ndim - 1, keepdims=False)
 
     def reduce(self, name, x, axis=None, keepdims=False):
-        return _FN[name](x, axis, keepdims=keepdims)
+        return getattr(jnp, name)(x, axis, keepdims=keepdims)  # jnp.all, ...
 
     def record(self, buf, step, scores):
         return None if buf is None else buf.at[step].set(scores)
@@ -126,9 +123,20 @@ def search_loop(step: Step, prompt, cache, static: Static, values: dict, key) ->
 
 
 # ------------------------------------------------------------------------------- the mixin
-class GenerationMixin(GenerationConfigMixin):
+class GenerationMixin(GenerateDriver):
     """The decoding contract (with the HF API's ``encode`` / ``decode``) and ``generate`` for
-    :class:`~encdec_flax.FlaxEncoderDecoderModel`."""
+    :class:`~encdec_flax.FlaxEncoderDecoderModel`.
+
+    ``generate`` (:class:`~encdec_core.decoding.GenerateDriver`) returns, as Transformers' Flax
+    generate does, an output whose ``.sequences`` are the ids (rows, length) as a numpy array,
+    whether or not ``return_dict_in_generate`` is set. Its own keywords: ``params=`` (other
+    weights than ``model.params``) and ``prng_key=`` for sampling (or ``seed=``; seed 0 by default,
+    as Transformers' Flax). The decoding runs as one jitted ``lax.while_loop``, compiled once per
+    input shapes and settings (see this module's docstring).
+    """
+
+    generate_options = {"params": None, "prng_key": None, "seed": None}
+    generate_returns_output = True  # Transformers' Flax generate returns an output with .sequences
 
     # extra jax.jit arguments of generation's compiled functions (e.g. XLA compiler_options), read at first use
     jit_options: dict = {}
@@ -199,7 +207,7 @@ class GenerationMixin(GenerationConfigMixin):
             cache = step(prompt[:, :-1], cache)[1]
         return search_loop(step, prompt, cache, static, values, key)
 
-    def _source(self, params, input_ids, attention_mask, encoder_outputs, probe):
+    def _generation_source(self, input_ids, attention_mask, encoder_outputs, probe, options):
         """(encoder states (B,S,D_enc), int32 mask (B,S)); a missing mask is ones (one compile with or without)."""
         if encoder_outputs is None:
             if input_ids is None:
@@ -212,6 +220,7 @@ class GenerationMixin(GenerationConfigMixin):
             if attention_mask is None and pad is not None and (ids == pad).any():
                 attention_mask = ids != pad  # inferred from padding, as HF
             mask = jnp.asarray(np.ones(ids.shape) if attention_mask is None else attention_mask, jnp.int32)
+            params = self.params if options["params"] is None else options["params"]
             return self._compiled("encode")(params, jnp.asarray(ids, jnp.int32), mask), mask
         enc = encoder_states(encoder_outputs)
         if jnp.ndim(enc) != 3:
@@ -222,7 +231,7 @@ class GenerationMixin(GenerationConfigMixin):
             )
         return enc, jnp.asarray(np.ones(enc.shape[:2]) if attention_mask is None else attention_mask, jnp.int32)
 
-    def _decoder_prompt(self, decoder_input_ids, decoder_attention_mask, b: int, start_id: int):
+    def _decoder_prompt(self, b: int, start_id: int, decoder_input_ids, decoder_attention_mask):
         """(prompt (B,P) int32, its mask or None): the start token first."""
         start = np.full((b, 1), start_id, np.int32)
         if decoder_input_ids is None:
@@ -239,52 +248,19 @@ class GenerationMixin(GenerationConfigMixin):
             mask = None if mask is None else np.concatenate([np.ones((b, 1), np.int32), mask], 1)
         return prompt.astype(np.int32), mask
 
-    def generate(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        *,
-        encoder_outputs=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        generation_config: GenerationConfig | None = None,
-        params=None,
-        prng_key: jax.Array | None = None,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
-
-        Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
-        model config), overridden by ``generation_config=`` and by keyword arguments
-        (``max_new_tokens=``, ``num_beams=``, ...). ``decoder_input_ids`` is a decoder prompt
-        (the start token is prepended unless every row begins with it). Sampling draws from
-        ``prng_key=`` or ``jax.random.PRNGKey(seed)`` (seed 0 by default, as HF's Flax
-        generate). The decoding runs as one jitted ``lax.while_loop``, compiled once per
-        input shapes and settings (see this module's docstring). Returns ids (rows, length) as
-        a numpy array, or a :class:`GenerateOutput` with ``return_dict_in_generate=True``.
-        """
-        gen = self._generation_config(generation_config, kwargs)
-        vocab = self.config.decoder.vocab_size
-        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
-        params = self.params if params is None else params
-        enc, enc_mask = self._source(params, input_ids, attention_mask, encoder_outputs, probe)
-        b = enc.shape[0]
-        prompt, prompt_mask = self._decoder_prompt(decoder_input_ids, decoder_attention_mask, b, probe.start_id)
-        plan = resolve(
-            gen, prompt_length=prompt.shape[1], vocab_size=vocab, max_positions=max_positions(self.config.decoder)
-        )
-        g = plan.rows_per_source
+    def _search(self, plan, states, mask, prompt, prompt_mask, want_scores, options):
+        """The whole decoding in one jitted function (see :meth:`_decode`); sampling draws from ``prng_key``."""
+        b, g = states.shape[0], plan.rows_per_source
         dec_mask = None
         if prompt_mask is not None:  # with a cache the decoder mask covers the L slots
             ones = np.ones((b, plan.max_length - prompt_mask.shape[1]), np.int32)
             dec_mask = np.repeat(np.concatenate([prompt_mask, ones], 1), g, 0)  # (N,L)
-        key = prng_key if prng_key is not None else jax.random.PRNGKey(0 if seed is None else seed)
-        want_scores = gen.return_dict_in_generate and gen.output_scores
-        static, values = split_plan(plan, vocab, want_scores)
-        out = self._compiled("generate")(static, params, enc, enc_mask, np.repeat(prompt, g, 0), dec_mask, values, key)
-        out = trim(jax.device_get(out), plan.prompt_length, want_scores)
-        return out if gen.return_dict_in_generate else out.sequences
+        key, seed = options["prng_key"], options["seed"]
+        key = key if key is not None else jax.random.PRNGKey(0 if seed is None else seed)
+        static, values = split_plan(plan, self.config.decoder.vocab_size, want_scores)
+        params = self.params if options["params"] is None else options["params"]
+        out = self._compiled("generate")(static, params, states, mask, np.repeat(prompt, g, 0), dec_mask, values, key)
+        return jax.device_get(out)
 
 
 __all__ = ["GenerationMixin", "FlaxOps", "search_loop"]

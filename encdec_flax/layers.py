@@ -1,10 +1,13 @@
 """The Flax building blocks: one attention module, one block, the layer stack, masks.
 
 Module and attribute names copy HF's Flax parameter tree (``attention/self/query``,
-``attn/c_attn``, ``LayerNorm``), so the Flax column of the core weight tables addresses our
-parameters directly. BERT and GPT-2 differ only by flags: the projection layout (separate
-``query``/``key``/``value`` Dense layers vs GPT-2's fused ``Conv1D``) and the place of the
-LayerNorm (after the residual sum in BERT, before the sublayer in GPT-2).
+``attn/c_attn``, ``self_attn/q_proj``, ``LayerNorm``), so the Flax column of the core weight
+tables addresses our parameters directly. The families differ only by the config's structure
+flags: ``config.layout`` names a block's parts (BERT's ``query``/``key``/``value`` with an
+``output`` AddNorm, GPT-2's fused ``Conv1D``, DistilBERT's ``q_lin``..``out_lin``, BART's
+``q_proj``..``out_proj``: :data:`PROJECTIONS`, :data:`BLOCK_PARTS`), ``config.pre_norm`` the
+place of the LayerNorm (after the residual sum, or before the sublayer: GPT-2, MBart) and
+``config.relative_attention`` BERT's relative-position self-attention (``distance_embedding``).
 
 Shapes: B batch, T query length, S key length (source, or the cache's L slots), L the static
 cache length (``max_length``), D model width, H heads, K head width (D / H), I feed-forward
@@ -27,6 +30,7 @@ from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 from encdec_core.configs import ACTIVATIONS, PretrainedConfig
+from encdec_core.outputs import run_layers
 
 Dtype = Any
 NEG = float(jnp.finfo(jnp.float32).min)  # additive mask value: finite, so an all-masked row stays uniform, not NaN
@@ -56,38 +60,70 @@ class Conv1D(nn.Module):
         return x @ kernel.T + bias
 
 
-class Attention(nn.Module):
-    """Multi-head attention, self or cross, with HF's BERT or GPT-2 parameter layout.
+# layout -> the Dense layers of an attention: query, key, value, output (BERT's output is its sublayer's AddNorm)
+PROJECTIONS = {
+    "bert": ("query", "key", "value", None),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"),
+    "bart": ("q_proj", "k_proj", "v_proj", "out_proj"),
+}
+# layout -> a block's parts: self-attention, cross-attention, the LayerNorms of its three sublayers, feed-forward
+# (BART's feed-forward is the block's own fc1 / fc2; BERT's block is AttentionSublayer / AddNorm, see Block)
+BLOCK_PARTS = {
+    "gpt2": ("attn", "crossattention", ("ln_1", "ln_cross_attn", "ln_2"), "mlp"),
+    "distilbert": ("attention", None, ("sa_layer_norm", None, "output_layer_norm"), "ffn"),
+    "bart": (
+        "self_attn",
+        "encoder_attn",
+        ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"),
+        None,
+    ),
+}
+FFN_PARTS = {"gpt2": ("c_fc", "c_proj"), "distilbert": ("lin1", "lin2")}
 
-    BERT layout: ``query``, ``key``, ``value``; the output projection lives in the sublayer's
-    ``output`` (:class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for self-attention;
-    k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
+
+def _linear(config: PretrainedConfig, features: int, dtype: Dtype) -> nn.Module:
+    return Conv1D(features, dtype) if config.layout == "gpt2" else nn.Dense(features, dtype=dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention, self or cross, with the parameter layout of ``config.layout``.
+
+    BERT: ``query``, ``key``, ``value`` (the output projection lives in the sublayer's
+    ``output``, :class:`AddNorm`); DistilBERT / BART: four Dense layers (:data:`PROJECTIONS`);
+    GPT-2: fused ``c_attn`` (q, k, v for self-attention; k, v for cross-attention, whose q is
+    ``q_attn``) and ``c_proj``. With ``config.relative_attention`` a self-attention holds
+    ``distance_embedding`` (BERT's relative_key / relative_key_query).
     """
 
     config: PretrainedConfig
-    gpt2: bool
     cross: bool
     layer_idx: int = 0
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c, d = self.config, self.config.hidden_size
-        if self.gpt2:
+        if c.layout == "gpt2":
             if self.cross:
                 self.q_attn = Conv1D(d, self.dtype)
                 self.c_attn = Conv1D(2 * d, self.dtype)
             else:
                 self.c_attn = Conv1D(3 * d, self.dtype)
             self.c_proj = Conv1D(d, self.dtype)
-            self.resid_dropout = nn.Dropout(c.hidden_dropout)
         else:
-            self.query = nn.Dense(d, dtype=self.dtype)
-            self.key = nn.Dense(d, dtype=self.dtype)
-            self.value = nn.Dense(d, dtype=self.dtype)
+            for name in PROJECTIONS[c.layout]:
+                if name:
+                    setattr(self, name, nn.Dense(d, dtype=self.dtype))
+        self.resid_dropout = nn.Dropout(0.0 if c.layout == "distilbert" else c.hidden_dropout)
         self.attn_dropout = nn.Dropout(c.attn_dropout)
+        if c.relative_attention and not self.cross:  # never in cross-attention
+            self.distance_embedding = nn.Embed(c.relative_distances, c.head_dim, dtype=self.dtype)
 
     def _scale(self) -> float:
         return self.config.attention_scale(self.layer_idx)
+
+    def _proj(self, i: int) -> nn.Module | None:
+        name = PROJECTIONS[self.config.layout][i]
+        return getattr(self, name) if name else None
 
     def _split(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -96,11 +132,24 @@ class Attention(nn.Module):
 
     def kv(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Cross-attention keys and values of ``source`` (B,S,D_kv): two (B,H,S,K) arrays."""
-        if self.gpt2:
+        if self.config.layout == "gpt2":
             k, v = jnp.split(self.c_attn(source), 2, axis=-1)
         else:
-            k, v = self.key(source), self.value(source)
+            k, v = self._proj(1)(source), self._proj(2)(source)
         return self._split(k), self._split(v)
+
+    def _relative(self, q: jax.Array, k: jax.Array, index) -> jax.Array:
+        """BERT's relative-position scores (B,H,T,S), float32: query t at position index + t, key s at slot s."""
+        c = self.config
+        span = (c.relative_distances - 1) // 2  # max_position_embeddings - 1
+        qpos = (0 if index is None else index) + jnp.arange(q.shape[2])
+        dist = qpos[:, None] - jnp.arange(k.shape[2])[None, :] + span  # (T,S)
+        # slots beyond the table (a cache longer than the positions) are masked: clip, never read out of range
+        e = self.distance_embedding(jnp.clip(dist, 0, c.relative_distances - 1))  # (T,S,K)
+        rel = jnp.einsum("bhtk,tsk->bhts", q, e, preferred_element_type=jnp.float32)
+        if c.relative_attention == "relative_key_query":
+            rel = rel + jnp.einsum("bhsk,tsk->bhts", k, e, preferred_element_type=jnp.float32)
+        return rel
 
     def __call__(self, x, mask=None, *, kv=None, cache=None, index=None, deterministic=True, need_weights=False):
         """x (B,T,D) -> (context (B,T,D), cache entry (k, v) or None, probs (B,H,T,S) or None).
@@ -111,17 +160,19 @@ class Attention(nn.Module):
         the slots not written yet). Cross-attention with ``cache``: the encoder's keys/values,
         computed once by :meth:`kv`, are used as they are and ``kv`` (the encoder states) is ignored;
         they may be (N/g,H,S,K) for N = g * B rows, the g rows of a source sharing its keys/values
-        (generation's beams), the ``mask`` then being (N/g,1,1,S).
+        (generation's beams), the ``mask`` then being (N/g,1,1,S). Relative positions (self-attention
+        only) put query t at ``index + t`` and key s at slot s.
         """
-        if self.gpt2 and not self.cross:
+        gpt2 = self.config.layout == "gpt2"
+        if gpt2 and not self.cross:
             q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
             k, v = self._split(k), self._split(v)
         else:
-            q = self.q_attn(x) if self.gpt2 else self.query(x)
+            q = self.q_attn(x) if gpt2 else self._proj(0)(x)
             if self.cross:
                 k, v = cache if cache is not None else self.kv(kv)
             else:
-                k, v = self._split(self.key(x)), self._split(self.value(x))
+                k, v = self._split(self._proj(1)(x)), self._split(self._proj(2)(x))
         q = self._split(q)  # (N,H,T,K)
         # g decoder rows per source (beams, samples) share the source's cross keys/values (B = N / g
         # rows): fold the rows into the query axis rather than copy the keys/values g times
@@ -135,7 +186,10 @@ class Attention(nn.Module):
             k = lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)  # (B,H,L,K)
             v = lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
             new_cache = (k, v)
-        scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32) * self._scale()
+        scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
+        if self.config.relative_attention and not self.cross:
+            scores = scores + self._relative(q, k, index)  # before the scale, as Transformers
+        scores = scores * self._scale()
         if mask is not None:
             scores = scores + mask
         probs = jax.nn.softmax(scores, axis=-1)  # (B,H,T,S) float32
@@ -144,8 +198,9 @@ class Attention(nn.Module):
         if g > 1:
             ctx, probs = _unfold_rows(ctx, g), _unfold_rows(probs, g)  # (N,H,T,K), (N,H,T,S)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1)  # (B,T,D)
-        if self.gpt2:
-            ctx = self.resid_dropout(self.c_proj(ctx), deterministic=deterministic)
+        out = self.c_proj if gpt2 else self._proj(3)
+        if out is not None:
+            ctx = self.resid_dropout(out(ctx), deterministic=deterministic)
         return ctx, new_cache, (probs.astype(self.dtype) if need_weights else None)
 
 
@@ -184,149 +239,170 @@ class AttentionSublayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.self = Attention(self.config, gpt2=False, cross=self.cross, dtype=self.dtype)
+        self.self = Attention(self.config, cross=self.cross, dtype=self.dtype)
         self.output = AddNorm(self.config, self.dtype)
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP: BERT's ``intermediate.dense`` (its output half is an AddNorm) or GPT-2's ``mlp``."""
+    """Position-wise MLP: BERT's ``intermediate.dense`` (its output half is an AddNorm), GPT-2's ``mlp``
+    or DistilBERT's ``ffn`` (:data:`FFN_PARTS`)."""
 
     config: PretrainedConfig
-    gpt2: bool
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c = self.config
-        if self.gpt2:
-            self.c_fc = Conv1D(c.intermediate_size, self.dtype)
-            self.c_proj = Conv1D(c.hidden_size, self.dtype)
-            self.dropout = nn.Dropout(c.hidden_dropout)
-        else:
+        if c.layout == "bert":
             self.dense = nn.Dense(c.intermediate_size, dtype=self.dtype)
+            return
+        fc_in, fc_out = FFN_PARTS[c.layout]
+        setattr(self, fc_in, _linear(c, c.intermediate_size, self.dtype))
+        setattr(self, fc_out, _linear(c, c.hidden_size, self.dtype))
+        self.dropout = nn.Dropout(c.hidden_dropout)
 
     def __call__(self, x, deterministic=True):
-        if self.gpt2:
-            act = activation(self.config.act_name)
-            return self.dropout(self.c_proj(act(self.c_fc(x))), deterministic=deterministic)
-        return activation(self.config.act_name)(self.dense(x))  # (B,T,I)
+        act = activation(self.config.act_name)
+        if self.config.layout == "bert":
+            return act(self.dense(x))  # (B,T,I)
+        fc_in, fc_out = (getattr(self, n) for n in FFN_PARTS[self.config.layout])
+        return self.dropout(fc_out(act(fc_in(x))), deterministic=deterministic)
 
 
 class Block(nn.Module):
     """One transformer layer: self-attention, optional cross-attention, feed-forward.
 
-    ``gpt2=False``: BERT post-LN (``x = LN(x + f(x))``); ``gpt2=True``: GPT-2 pre-LN
-    (``x = x + f(LN(x))``). Cross-attention exists when the config has ``add_cross_attention``.
+    ``config.layout`` names the parts (:data:`BLOCK_PARTS`; BERT's are ``attention``,
+    ``crossattention``, ``intermediate``, ``output``); ``config.pre_norm`` places the
+    LayerNorms: post-LN ``x = LN(x + f(x))`` (BERT, DistilBERT, BART) or pre-LN
+    ``x = x + f(LN(x))`` (GPT-2, MBart). Cross-attention exists when the config has
+    ``has_cross_attention`` (``add_cross_attention``; always for BART).
     """
 
     config: PretrainedConfig
     layer_idx: int
-    gpt2: bool
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c, dt = self.config, self.dtype
-        self.has_cross = bool(c.add_cross_attention)
-        if self.gpt2:
-            self.ln_1 = LayerNorm(c, dt)
-            self.attn = Attention(c, gpt2=True, cross=False, layer_idx=self.layer_idx, dtype=dt)
-            if self.has_cross:
-                self.crossattention = Attention(c, gpt2=True, cross=True, layer_idx=self.layer_idx, dtype=dt)
-                self.ln_cross_attn = LayerNorm(c, dt)
-            self.ln_2 = LayerNorm(c, dt)
-            self.mlp = FeedForward(c, gpt2=True, dtype=dt)
-        else:
+        self.has_cross = c.has_cross_attention
+        if c.layout == "bert":
             self.attention = AttentionSublayer(c, cross=False, dtype=dt)
             if self.has_cross:
                 self.crossattention = AttentionSublayer(c, cross=True, dtype=dt)
-            self.intermediate = FeedForward(c, gpt2=False, dtype=dt)
+            self.intermediate = FeedForward(c, dtype=dt)
             self.output = AddNorm(c, dt)
+            return
+        attn, cross, norms, ffn = BLOCK_PARTS[c.layout]
+        setattr(self, attn, Attention(c, cross=False, layer_idx=self.layer_idx, dtype=dt))
+        setattr(self, norms[0], LayerNorm(c, dt))
+        if self.has_cross:
+            setattr(self, cross, Attention(c, cross=True, layer_idx=self.layer_idx, dtype=dt))
+            setattr(self, norms[1], LayerNorm(c, dt))
+        setattr(self, norms[2], LayerNorm(c, dt))
+        if ffn:
+            setattr(self, ffn, FeedForward(c, dtype=dt))
+        else:  # BART: fc1 / fc2 are the block's own
+            self.fc1 = nn.Dense(c.intermediate_size, dtype=dt)
+            self.fc2 = nn.Dense(c.hidden_size, dtype=dt)
+            self.act_dropout = nn.Dropout(getattr(c, "act_dropout", 0.0))
+            self.dropout = nn.Dropout(c.hidden_dropout)
 
-    def _cross_heads(self) -> Attention:
-        return self.crossattention if self.gpt2 else self.crossattention.self
+    def _part(self, i: int):
+        """(heads, LayerNorm, BERT's AddNorm) of sublayer i: 0 self-attention, 1 cross-attention, 2 feed-forward."""
+        layout = self.config.layout
+        if layout == "bert":
+            sub = (self.attention, getattr(self, "crossattention", None), None)[i]
+            return (sub.self, None, sub.output) if sub is not None else (self.intermediate, None, self.output)
+        attn, cross, norms, _ = BLOCK_PARTS[layout]
+        return (getattr(self, (attn, cross)[i]) if i < 2 else None), getattr(self, norms[i]), None
+
+    def _ffn(self, x, deterministic):
+        ffn = BLOCK_PARTS[self.config.layout][3]
+        if ffn:
+            return getattr(self, ffn)(x, deterministic)
+        h = self.act_dropout(activation(self.config.act_name)(self.fc1(x)), deterministic=deterministic)
+        return self.dropout(self.fc2(h), deterministic=deterministic)
 
     def cross_kv(self, enc: jax.Array) -> tuple[jax.Array, jax.Array]:
         """This layer's cross-attention keys/values (B,H,S,K) of the encoder states: the cache's cross entries."""
-        return self._cross_heads().kv(enc)
+        return self._part(1)[0].kv(enc)
 
-    def _sublayer(self, x, norm, heads, out, deterministic, **kw):
-        """Run one attention sublayer in this block's LayerNorm order."""
-        if self.gpt2:
-            ctx, present, probs = heads(norm(x), deterministic=deterministic, **kw)
-            return x + ctx, present, probs
-        ctx, present, probs = heads(x, deterministic=deterministic, **kw)
-        return out(ctx, x, deterministic), present, probs
+    def _sublayer(self, x, f, norm, out, deterministic):
+        """Run one sublayer ``f`` (x -> (y, extras...)) in this block's LayerNorm order."""
+        if out is not None:  # BERT: AddNorm
+            y, *rest = f(x)
+            return out(y, x, deterministic), *rest
+        if self.config.pre_norm:
+            y, *rest = f(norm(x))
+            return x + y, *rest
+        y, *rest = f(x)
+        return norm(x + y), *rest
 
     def __call__(
         self, x, mask=None, enc=None, enc_mask=None, cache=None, index=None, deterministic=True, need_weights=False
     ):
         """x (B,T,D) -> (x, this layer's new :class:`~encdec_core.decoding.LayerCache` or None, self probs, cross probs)."""
-        g = self.gpt2
+        heads, norm, out = self._part(0)
+        past = None if cache is None else (cache.key, cache.value)
         x, present, p_self = self._sublayer(
             x,
-            getattr(self, "ln_1", None),
-            self.attn if g else self.attention.self,
-            None if g else self.attention.output,
+            lambda h: heads(h, mask, index=index, cache=past, deterministic=deterministic, need_weights=need_weights),
+            norm,
+            out,
             deterministic,
-            mask=mask,
-            index=index,
-            cache=None if cache is None else (cache.key, cache.value),
-            need_weights=need_weights,
         )
         new_cache = None if cache is None else cache._replace(key=present[0], value=present[1])
         p_cross = None
         cross_cache = None if cache is None or cache.cross_key is None else (cache.cross_key, cache.cross_value)
         if self.has_cross and (enc is not None or cross_cache is not None):
+            heads, norm, out = self._part(1)
             x, _, p_cross = self._sublayer(
                 x,
-                getattr(self, "ln_cross_attn", None),
-                self._cross_heads(),
-                None if g else self.crossattention.output,
+                lambda h: heads(
+                    h, enc_mask, kv=enc, cache=cross_cache, deterministic=deterministic, need_weights=need_weights
+                ),
+                norm,
+                out,
                 deterministic,
-                mask=enc_mask,
-                kv=enc,
-                cache=cross_cache,
-                need_weights=need_weights,
             )
-        if g:
-            x = x + self.mlp(self.ln_2(x), deterministic)
+        _, norm, out = self._part(2)
+        if out is not None:
+            x = out(self.intermediate(x), x, deterministic)
         else:
-            x = self.output(self.intermediate(x), x, deterministic)
+            (x,) = self._sublayer(x, lambda h: (self._ffn(h, deterministic),), norm, None, deterministic)
         return x, new_cache, p_self, p_cross
 
 
 class Layers(nn.Module):
-    """The layer stack: BERT's ``encoder/layer`` or GPT-2's ``h``, blocks named "0" .. "n-1" as HF's tree."""
+    """The layer stack (BERT's ``encoder/layer``, GPT-2's ``h``, BART's ``layers``), blocks named "0" .. "n-1"."""
 
     config: PretrainedConfig
-    gpt2: bool
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        n = self.config.num_hidden_layers
-        self.blocks = [Block(self.config, i, gpt2=self.gpt2, dtype=self.dtype, name=str(i)) for i in range(n)]
+        n = self.config.num_layers
+        self.blocks = [Block(self.config, i, dtype=self.dtype, name=str(i)) for i in range(n)]
 
     def cross_kv(self, enc: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
         return tuple(block.cross_kv(enc) for block in self.blocks)
 
     def __call__(self, x, *, mask, enc, enc_mask, cache, index, deterministic, output_attentions, output_hidden_states):
-        """Run the blocks, collecting hidden states, attentions and the new per-layer caches as HF does."""
-        hidden, attns, cross_attns, layers = [], [], [], []
-        for i, block in enumerate(self.blocks):
-            if output_hidden_states:
-                hidden.append(x)
-            x, present, p_self, p_cross = block(
-                x, mask, enc, enc_mask, None if cache is None else cache[i], index, deterministic, output_attentions
-            )
-            layers.append(present)
-            attns.append(p_self)
-            cross_attns.append(p_cross)
-        has_cross = enc is not None or (cache is not None and cache[0].cross_key is not None)
-        return x, {
-            "hidden_states": hidden,
-            "layers": None if cache is None else tuple(layers),
-            "attentions": tuple(attns) if output_attentions else None,
-            "cross_attentions": tuple(cross_attns) if output_attentions and has_cross else None,
-        }
+        """Run the blocks (:func:`encdec_core.outputs.run_layers`), with the new per-layer caches."""
+
+        def step(i, block, x):
+            past = None if cache is None else cache[i]
+            return block(x, mask, enc, enc_mask, past, index, deterministic, output_attentions)
+
+        x, extra = run_layers(
+            self.blocks,
+            x,
+            step,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            keep_presents=cache is not None,
+        )
+        extra["layers"] = extra.pop("past_key_values")
+        return x, extra
 
 
 def additive_mask(keep: jax.Array) -> jax.Array:

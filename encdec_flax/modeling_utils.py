@@ -156,7 +156,7 @@ class FlaxPreTrainedModel:
     def dummy_inputs(self, input_shape) -> dict:
         """Keyword inputs that reach every parameter of the module (cross-attention included)."""
         inputs = {"input_ids": jnp.ones(input_shape, jnp.int32)}
-        if self.config.add_cross_attention:
+        if self.config.has_cross_attention:
             width = self.config.cross_attention_hidden_size or self.config.hidden_size
             inputs["encoder_hidden_states"] = jnp.zeros((*input_shape, width), self.dtype)
         return inputs

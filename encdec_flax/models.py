@@ -1,11 +1,14 @@
-"""BERT, RoBERTa and GPT-2 in Flax: encoders and causal LMs with optional cross-attention.
+"""Every family in Flax: encoders and causal LMs with optional cross-attention.
 
 Each architecture is a ``flax.linen`` module (``BertModule``, ``GPT2LMHeadModule``, ...)
 whose parameter tree is HF's ``flax_model.msgpack`` tree, and a model class with PyTorch's
 name (``BertModel``, ``GPT2LMHeadModel``, ...) that holds the parameters, loads and saves
-them (:class:`~encdec_flax.modeling_utils.FlaxPreTrainedModel`). RoBERTa is BERT with
-another config class and its position-id rule; the causal LMs are a base model plus an LM
-head whose output matrix is the input embedding matrix unless ``tie_word_embeddings`` is off.
+them (:class:`~encdec_flax.modeling_utils.FlaxPreTrainedModel`). The BERT family (BERT,
+RoBERTa, XLM-RoBERTa, CamemBERT, BertGeneration, ELECTRA, DistilBERT) is one module read
+through the config's structure flags (``position_rule``, ``token_types``, ``embed_width``,
+``projects_embeddings``, ``layout``, ``relative_attention``); GPT-2 and the BART / MBart
+decoders are the other bases. A causal LM is a base model plus the LM head ``config.head``
+whose output matrix is the input embedding matrix unless ``tie_word_embeddings`` is off.
 
 ``cache`` arguments are the static decoder cache described in
 :meth:`encdec_flax.encoder_decoder.FlaxEncoderDecoderModel.init_cache`.
@@ -17,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from encdec_core.configs import BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
+from encdec_core.architectures import architecture
+from encdec_core.configs import CONFIG_CLASSES, BartConfig, BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
 from encdec_core.outputs import BaseModelOutput, CausalLMOutput
 from encdec_core.registry import register_model
 from encdec_flax.layers import Dtype, LayerNorm, Layers, activation, run_stack
@@ -34,41 +38,47 @@ def roberta_position_ids(input_ids: jax.Array, padding_idx: int, past=0) -> jax.
 
 
 class Embeddings(nn.Module):
-    """BERT/RoBERTa input embeddings: word + token type + position, then LayerNorm."""
+    """BERT-family input embeddings: word + token type (``config.token_types`` rows; none when 0) + position,
+    then LayerNorm, all of width ``config.embed_width``. The position table is always stored but not added
+    with ``config.relative_attention`` (Transformers' rule); ``config.position_rule`` "roberta" counts
+    positions over real tokens (:func:`roberta_position_ids`)."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        c, d = self.config, self.config.hidden_size
-        self.word_embeddings = nn.Embed(c.vocab_size, d, dtype=self.dtype)
-        self.position_embeddings = nn.Embed(c.num_positions, d, dtype=self.dtype)
-        self.token_type_embeddings = nn.Embed(c.type_vocab_size, d, dtype=self.dtype)
+        c, w = self.config, self.config.embed_width
+        self.word_embeddings = nn.Embed(c.vocab_size, w, dtype=self.dtype)
+        self.position_embeddings = nn.Embed(c.num_positions, w, dtype=self.dtype)
+        if c.token_types:
+            self.token_type_embeddings = nn.Embed(c.token_types, w, dtype=self.dtype)
         self.LayerNorm = LayerNorm(c, self.dtype)
         self.dropout = nn.Dropout(c.embed_dropout)
 
     def __call__(self, input_ids, position_ids=None, token_type_ids=None, past=0, deterministic=True):
-        pad = self.config.pad_token_id
+        c = self.config
+        x = self.word_embeddings(input_ids)  # (B,T,W)
+        if c.token_types:
+            x = x + self.token_type_embeddings(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         if position_ids is None:
-            if isinstance(self.config, RobertaConfig):  # the rule Transformers' Flax wrapper skipped
-                position_ids = roberta_position_ids(input_ids, pad, past)
+            if c.position_rule == "roberta":  # the rule Transformers' Flax wrapper skipped
+                position_ids = roberta_position_ids(input_ids, c.pad_token_id, past)
             else:
                 position_ids = past + jnp.arange(input_ids.shape[1])[None]  # (1,T)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        x = self.word_embeddings(input_ids)  # (B,T,D)
-        x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        positions = self.position_embeddings(position_ids)  # looked up either way: the table is a parameter
+        if not c.relative_attention:
+            x = x + positions
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
 
 class Encoder(nn.Module):
-    """BERT's ``encoder``, holding the layer stack ``layer``."""
+    """BERT's ``encoder`` (DistilBERT's ``transformer``), holding the layer stack ``layer``."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.layer = Layers(self.config, gpt2=False, dtype=self.dtype)
+        self.layer = Layers(self.config, dtype=self.dtype)
 
 
 class Pooler(nn.Module):
@@ -93,24 +103,23 @@ def _base_outputs(x, extra, pooled=None) -> BaseModelOutput:
     )
 
 
-class BertModule(nn.Module):
-    """BERT or RoBERTa: an encoder, or a decoder's base when ``is_decoder`` (causal) / ``add_cross_attention``."""
+class BaseModule(nn.Module):
+    """A base model: embeddings (:meth:`embed`), the layer stack (:meth:`layers_module`), an optional final
+    LayerNorm (:meth:`final`) and pooler (:meth:`pool`); the one ``__call__`` of BERT, GPT-2 and BART."""
 
-    config: BertConfig
+    config: PretrainedConfig
     dtype: Dtype = jnp.float32
-    add_pooling_layer: bool = True
 
-    def setup(self):
-        self.embeddings = Embeddings(self.config, self.dtype)
-        self.encoder = Encoder(self.config, self.dtype)
-        if self.add_pooling_layer:
-            self.pooler = Pooler(self.config, self.dtype)
-
-    def word_embedding(self) -> jax.Array:
-        return self.embeddings.word_embeddings.embedding  # (V,D)
+    causal = True  # a decoder's self-attention (BERT's follows config.is_decoder)
 
     def cross_kv(self, enc):
-        return self.encoder.layer.cross_kv(enc)
+        return self.layers_module().cross_kv(enc)
+
+    def final(self, x):
+        return x
+
+    def pool(self, x):
+        return None
 
     def __call__(
         self,
@@ -126,12 +135,12 @@ class BertModule(nn.Module):
         output_hidden_states=False,
     ) -> BaseModelOutput:
         past = 0 if cache is None else cache.index
-        x = self.embeddings(input_ids, position_ids, token_type_ids, past, deterministic)
+        x = self.embed(input_ids, position_ids, token_type_ids, past, deterministic)  # (B,T,D)
         x, extra = run_stack(
-            self.encoder.layer,
+            self.layers_module(),
             x,
             attention_mask=attention_mask,
-            causal=self.config.is_decoder,
+            causal=self.causal or self.config.is_decoder,
             enc=encoder_hidden_states,
             enc_mask=encoder_attention_mask,
             cache=cache,
@@ -139,85 +148,140 @@ class BertModule(nn.Module):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        x = self.final(x)
         if output_hidden_states:
-            extra["hidden_states"].append(x)
-        return _base_outputs(x, extra, self.pooler(x) if self.add_pooling_layer else None)
+            extra["hidden_states"].append(x)  # HF's last entry is after the final norm (GPT-2 ln_f, MBart)
+        return _base_outputs(x, extra, self.pool(x))
 
 
-class GPT2Module(nn.Module):
+def _arange_positions(input_ids, position_ids, past):
+    """GPT-2's and BART's positions count regardless of padding: past .. past + T - 1 unless given."""
+    return past + jnp.arange(input_ids.shape[1])[None] if position_ids is None else position_ids  # (1,T)
+
+
+class BertModule(BaseModule):
+    """The BERT family: an encoder, or a decoder's base when ``is_decoder`` (causal) / ``add_cross_attention``.
+
+    ``add_pooling_layer`` None: a pooler where the family's table has one (not BertGeneration,
+    ELECTRA, DistilBERT). ELECTRA projects its embeddings (``embeddings_project``) to the blocks' width.
+    """
+
+    add_pooling_layer: bool | None = None
+    causal = False
+
+    def setup(self):
+        c = self.config
+        self.embeddings = Embeddings(c, self.dtype)
+        if c.projects_embeddings:
+            self.embeddings_project = nn.Dense(c.hidden_size, dtype=self.dtype)
+        setattr(self, self._stack_name(), Encoder(c, self.dtype))
+        if self._pooled():
+            self.pooler = Pooler(c, self.dtype)
+
+    def _stack_name(self) -> str:
+        return "transformer" if self.config.layout == "distilbert" else "encoder"
+
+    def _pooled(self) -> bool:
+        pooled = self.add_pooling_layer
+        return bool(architecture(self.config.model_type).pooler) if pooled is None else pooled
+
+    def layers_module(self) -> Layers:
+        return getattr(self, self._stack_name()).layer
+
+    def word_embedding(self) -> jax.Array:
+        return self.embeddings.word_embeddings.embedding  # (V,W)
+
+    def embed(self, input_ids, position_ids, token_type_ids, past, deterministic):
+        x = self.embeddings(input_ids, position_ids, token_type_ids, past, deterministic)
+        return self.embeddings_project(x) if self.config.projects_embeddings else x
+
+    def pool(self, x):
+        return self.pooler(x) if self._pooled() else None
+
+
+class GPT2Module(BaseModule):
     """GPT-2's transformer: token + position embeddings, pre-LN blocks ``h``, final LayerNorm ``ln_f``."""
-
-    config: GPT2Config
-    dtype: Dtype = jnp.float32
 
     def setup(self):
         c = self.config
         self.wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype)
         self.wpe = nn.Embed(c.num_positions, c.hidden_size, dtype=self.dtype)
         self.drop = nn.Dropout(c.embed_dropout)
-        self.h = Layers(c, gpt2=True, dtype=self.dtype)
+        self.h = Layers(c, dtype=self.dtype)
         self.ln_f = LayerNorm(c, self.dtype)
 
     def word_embedding(self) -> jax.Array:
         return self.wte.embedding  # (V,D)
 
-    def cross_kv(self, enc):
-        return self.h.cross_kv(enc)
+    def layers_module(self) -> Layers:
+        return self.h
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        cache=None,
-        deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-    ) -> BaseModelOutput:
-        past = 0 if cache is None else cache.index
-        if position_ids is None:  # GPT-2 counts positions regardless of padding
-            position_ids = past + jnp.arange(input_ids.shape[1])[None]  # (1,T)
-        x = self.wte(input_ids) + self.wpe(position_ids)  # (B,T,D)
+    def embed(self, input_ids, position_ids, token_type_ids, past, deterministic):
+        x = self.wte(input_ids) + self.wpe(_arange_positions(input_ids, position_ids, past))  # (B,T,D)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
-        x = self.drop(x, deterministic=deterministic)
-        x, extra = run_stack(
-            self.h,
-            x,
-            attention_mask=attention_mask,
-            causal=True,
-            enc=encoder_hidden_states,
-            enc_mask=encoder_attention_mask,
-            cache=cache,
-            deterministic=deterministic,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        x = self.ln_f(x)
-        if output_hidden_states:
-            extra["hidden_states"].append(x)  # HF's last entry is after ln_f
-        return _base_outputs(x, extra)
+        return self.drop(x, deterministic=deterministic)
+
+    def final(self, x):
+        return self.ln_f(x)
+
+
+class BartDecoder(BaseModule):
+    """BART's / MBart's ``model/decoder``: scaled word + offset position embeddings, ``layernorm_embedding``,
+    the blocks ``layers`` (post-LN BART, pre-LN MBart) and MBart's final ``layer_norm``."""
+
+    def setup(self):
+        c = self.config
+        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype)
+        self.embed_positions = nn.Embed(c.num_positions, c.hidden_size, dtype=self.dtype)
+        self.layernorm_embedding = LayerNorm(c, self.dtype)
+        self.dropout = nn.Dropout(c.embed_dropout)
+        self.layers = Layers(c, dtype=self.dtype)
+        if c.final_norm:
+            self.layer_norm = LayerNorm(c, self.dtype)
+
+    def word_embedding(self) -> jax.Array:
+        return self.embed_tokens.embedding  # (V,D)
+
+    def layers_module(self) -> Layers:
+        return self.layers
+
+    def embed(self, input_ids, position_ids, token_type_ids, past, deterministic):
+        c, positions = self.config, _arange_positions(input_ids, position_ids, past) + self.config.position_offset
+        x = self.embed_tokens(input_ids) * c.embed_scale + self.embed_positions(positions)
+        return self.dropout(self.layernorm_embedding(x), deterministic=deterministic)
+
+    def final(self, x):
+        return self.layer_norm(x) if self.config.final_norm else x
+
+
+class BartDecoderWrapper(nn.Module):
+    """BartForCausalLM's ``model``: holds ``decoder`` (HF's tree level)."""
+
+    config: BartConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.decoder = BartDecoder(self.config, self.dtype)
 
 
 class LMHead(nn.Module):
-    """dense -> activation -> LayerNorm -> vocabulary projection (the embeddings, when tied) + ``bias``.
+    """The LM head ``config.head`` of the BERT family: [transform] -> vocabulary projection (the embeddings,
+    when tied) + ``bias``.
 
     BERT nests it as ``cls/predictions/{transform/dense, transform/LayerNorm, decoder, bias}``,
-    RoBERTa flat as ``lm_head/{dense, layer_norm, decoder, bias}``: same math, HF's names.
+    RoBERTa flat as ``lm_head/{dense, layer_norm, decoder, bias}``, BertGeneration ("bias") as
+    ``lm_head/{decoder, bias}`` with no transform: same math, HF's names.
     """
 
     config: BertConfig
-    bert_names: bool
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c, d = self.config, self.config.hidden_size
-        if self.bert_names:
+        if c.head == "bert":
             self.transform = Transform(c, self.dtype)
-        else:
+        elif c.head == "roberta":
             self.dense = nn.Dense(d, dtype=self.dtype)
             self.layer_norm = LayerNorm(c, self.dtype)
         if not c.tie_word_embeddings:
@@ -225,25 +289,43 @@ class LMHead(nn.Module):
         self.bias = self.param("bias", nn.initializers.zeros, (c.vocab_size,), jnp.float32)
 
     def __call__(self, x, embedding):
-        if self.bert_names:
+        if self.config.head == "bert":
             x = self.transform(x)
-        else:  # RoBERTa's head always uses exact GELU
+        elif self.config.head == "roberta":  # RoBERTa's head always uses exact GELU
             x = self.layer_norm(activation("gelu")(self.dense(x)))
         return project(x, embedding, getattr(self, "decoder", None), self.dtype) + self.bias.astype(self.dtype)
 
 
 class Transform(nn.Module):
-    """BERT's ``cls/predictions/transform``: dense -> activation -> LayerNorm."""
+    """dense -> activation -> LayerNorm: BERT's ``cls/predictions/transform`` (``config.act_name``, hidden width)
+    or ELECTRA's ``generator_predictions`` (exact GELU, to ``embed_width``)."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.dense = nn.Dense(self.config.hidden_size, dtype=self.dtype)
-        self.LayerNorm = LayerNorm(self.config, self.dtype)
+        c = self.config
+        self.dense = nn.Dense(c.embed_width if c.head == "electra" else c.hidden_size, dtype=self.dtype)
+        self.LayerNorm = LayerNorm(c, self.dtype)
 
     def __call__(self, x):
-        return self.LayerNorm(activation(self.config.act_name)(self.dense(x)))
+        act = "gelu" if self.config.head == "electra" else self.config.act_name  # hard-coded in ELECTRA
+        return self.LayerNorm(activation(act)(self.dense(x)))
+
+
+class OutputLayer(nn.Module):
+    """ELECTRA's ``generator_lm_head``: ``bias`` always, its own ``kernel`` (W,V) only when untied."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, embedding):
+        c = self.config
+        bias = self.param("bias", nn.initializers.zeros, (c.vocab_size,), jnp.float32)
+        if not c.tie_word_embeddings:  # the untied (V,W) matrix, stored as Flax's (W,V) kernel
+            embedding = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], c.vocab_size), jnp.float32).T
+        return project(x, embedding, None, self.dtype) + bias.astype(self.dtype)
 
 
 class MLMHead(nn.Module):
@@ -253,7 +335,7 @@ class MLMHead(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.predictions = LMHead(self.config, bert_names=True, dtype=self.dtype)
+        self.predictions = LMHead(self.config, dtype=self.dtype)
 
 
 def project(x, embedding, decoder, dtype) -> jax.Array:
@@ -313,26 +395,41 @@ class CausalLMModule(nn.Module):
         )
 
 
-class BertLMHeadModule(CausalLMModule):
+class BertFamilyCausalLMModule(CausalLMModule):
+    """A BERT-family base under ``base_model_prefix`` plus the head ``config.head``."""
+
     base_model_prefix = "bert"
 
     def setup(self):
-        self.bert = BertModule(self.config, self.dtype, add_pooling_layer=False)
-        self.cls = MLMHead(self.config, self.dtype)
+        c = self.config
+        setattr(self, self.base_model_prefix, BertModule(c, self.dtype, add_pooling_layer=False))
+        if c.head == "bert":
+            self.cls = MLMHead(c, self.dtype)
+        elif c.head == "electra":
+            self.generator_predictions = Transform(c, self.dtype)
+            self.generator_lm_head = OutputLayer(c, self.dtype)
+        else:  # roberta | bias
+            self.lm_head = LMHead(c, self.dtype)
 
     def head_logits(self, x):
-        return self.cls.predictions(x, self.bert.word_embedding())
+        embedding, head = self._base().word_embedding(), self.config.head
+        if head == "bert":
+            return self.cls.predictions(x, embedding)
+        if head == "electra":
+            return self.generator_lm_head(self.generator_predictions(x), embedding)
+        return self.lm_head(x, embedding)
 
 
-class RobertaForCausalLMModule(CausalLMModule):
+class BertLMHeadModule(BertFamilyCausalLMModule):
+    base_model_prefix = "bert"
+
+
+class RobertaForCausalLMModule(BertFamilyCausalLMModule):
     base_model_prefix = "roberta"
 
-    def setup(self):
-        self.roberta = BertModule(self.config, self.dtype, add_pooling_layer=False)
-        self.lm_head = LMHead(self.config, bert_names=False, dtype=self.dtype)
 
-    def head_logits(self, x):
-        return self.lm_head(x, self.roberta.word_embedding())
+class ElectraForCausalLMModule(BertFamilyCausalLMModule):
+    base_model_prefix = "electra"
 
 
 class GPT2LMHeadModule(CausalLMModule):
@@ -345,6 +442,23 @@ class GPT2LMHeadModule(CausalLMModule):
 
     def head_logits(self, x):
         return project(x, self.transformer.word_embedding(), getattr(self, "lm_head", None), self.dtype)
+
+
+class BartForCausalLMModule(CausalLMModule):
+    """BART / MBart's causal LM: ``model/decoder`` and the plain ``lm_head`` (tied to ``embed_tokens`` by default)."""
+
+    base_model_prefix = "model"
+
+    def setup(self):
+        self.model = BartDecoderWrapper(self.config, self.dtype)
+        if not self.config.tie_word_embeddings:
+            self.lm_head = nn.Dense(self.config.vocab_size, use_bias=False, dtype=self.dtype)
+
+    def _base(self) -> nn.Module:
+        return self.model.decoder
+
+    def head_logits(self, x):
+        return project(x, self.model.decoder.word_embedding(), getattr(self, "lm_head", None), self.dtype)
 
 
 # ---------------------------------------------------------------------------- model classes
@@ -368,8 +482,7 @@ class BertLMHeadModel(FlaxPreTrainedModel):
 class RobertaModel(BertModel):
     """RoBERTa encoder: BERT with positions counted over real tokens (see :func:`roberta_position_ids`)."""
 
-    config_class = RobertaConfig
-    module_class = BertModule  # the module reads RoBERTa's position rule from the config
+    config_class = RobertaConfig  # the module reads RoBERTa's position rule from the config
 
 
 @register_model("flax", "roberta", "decoder")
@@ -394,4 +507,50 @@ class GPT2LMHeadModel(FlaxPreTrainedModel):
     base_model_prefix = "transformer"
 
 
-__all__ = ["BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "GPT2Model", "GPT2LMHeadModel"]
+@register_model("flax", "bart", "decoder")
+class BartForCausalLM(FlaxPreTrainedModel):
+    config_class = BartConfig
+    module_class = BartForCausalLMModule
+    role = "decoder"
+    base_model_prefix = "model"
+
+
+def _family(name: str, base: type, model_type: str, doc: str = "", **attrs) -> type:
+    """Register ``base`` again for ``model_type`` (its config class) as the class ``name``: a family whose
+    arithmetic and names are another's, read through the config's structure flags."""
+    body = {"config_class": CONFIG_CLASSES[model_type], "__module__": __name__, "__qualname__": name, **attrs}
+    return register_model("flax", model_type, base.role)(type(name, (base,), {**body, "__doc__": doc}))
+
+
+# family -> classes: Transformers' class names, the same modules read through the config's flags
+XLMRobertaModel = _family("XLMRobertaModel", RobertaModel, "xlm-roberta", "XLM-RoBERTa: RoBERTa's arithmetic.")
+XLMRobertaForCausalLM = _family("XLMRobertaForCausalLM", RobertaForCausalLM, "xlm-roberta")
+CamembertModel = _family("CamembertModel", RobertaModel, "camembert", "CamemBERT: RoBERTa's arithmetic.")
+CamembertForCausalLM = _family("CamembertForCausalLM", RobertaForCausalLM, "camembert")
+BertGenerationEncoder = _family(
+    "BertGenerationEncoder", BertModel, "bert-generation", "BertGeneration: BERT without token types or pooler."
+)
+BertGenerationDecoder = _family(
+    "BertGenerationDecoder", BertLMHeadModel, "bert-generation", "BertGeneration's LM: one linear ``lm_head``."
+)
+ElectraModel = _family(
+    "ElectraModel", BertModel, "electra", "ELECTRA: embeddings of width embedding_size, ``embeddings_project``."
+)
+ElectraForCausalLM = _family(
+    "ElectraForCausalLM",
+    BertLMHeadModel,
+    "electra",
+    "ELECTRA's LM: ``generator_predictions`` and ``generator_lm_head``.",
+    module_class=ElectraForCausalLMModule,
+    base_model_prefix="electra",
+)
+DistilBertModel = _family(
+    "DistilBertModel", BertModel, "distilbert", "DistilBERT (encoder only): blocks ``transformer/layer/{i}``."
+)
+MBartForCausalLM = _family("MBartForCausalLM", BartForCausalLM, "mbart", "MBart: pre-LN, final ``layer_norm``.")
+
+
+# the model classes (BertModel, ..., MBartForCausalLM)
+__all__ = [
+    n for n, v in list(globals().items()) if isinstance(v, type) and v.__module__ == __name__ and hasattr(v, "role")
+]

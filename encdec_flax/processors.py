@@ -25,9 +25,9 @@ from encdec_core.decoding import (
     ProcessorSpec,
     build_processors,
     processor_specs,
+    processor_table,
     run_processors,
     search_settings,
-    temperature,
 )
 from encdec_core.generation import GenerationPlan
 
@@ -206,16 +206,7 @@ def top_p(keep: int, rest) -> Processor:
     return apply
 
 
-PROCESSORS = {
-    "repetition_penalty": repetition_penalty,
-    "no_repeat_ngram": no_repeat_ngram,
-    "bad_words": bad_words,
-    "min_length": min_length,
-    "force": force,
-    "temperature": temperature,
-    "top_k": top_k,
-    "top_p": top_p,
-}
+PROCESSORS = processor_table(globals())  # name -> processor (encdec_core.decoding.PROCESSOR_NAMES)
 
 
 def flax_processors(static: Static, values: dict) -> list[Processor]:

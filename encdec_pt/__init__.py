@@ -1,4 +1,4 @@
-"""encdec's PyTorch backend: ``EncoderDecoderModel`` and the BERT, RoBERTa, GPT-2 models.
+"""encdec's PyTorch backend: ``EncoderDecoderModel`` and the encoder / decoder models (``encdec_pt.models``).
 
 >>> from encdec_pt import EncoderDecoderModel, BertModel, GPT2LMHeadModel  # doctest: +SKIP
 """

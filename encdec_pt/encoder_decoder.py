@@ -15,20 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encdec_core import driver, semantics
+from encdec_core import calls, driver, semantics
 from encdec_core.configs import EncoderDecoderConfig
 from encdec_core.errors import InputError
 from encdec_core.generation import GenerationConfig
 from encdec_core.registry import model_class
+from encdec_core.seq2seq import Seq2SeqForward
 from encdec_core.tables import needs_projection
-from encdec_core.validation import check_batch
 from encdec_pt import models as _models  # noqa: F401  (registers the architectures)
 from encdec_pt.generation import GenerationMixin
 from encdec_pt.kernels import Linear
 from encdec_pt.modeling_utils import PreTrainedModel
 
 
-class EncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTrainedModel):
+class EncoderDecoderModel(driver.EncoderDecoderDriver, Seq2SeqForward, GenerationMixin, PreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder.
 
     Build it from a config (random weights), from two models, or warm-start it from two
@@ -41,6 +41,7 @@ class EncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTrain
     config_class = EncoderDecoderConfig
     role = "encoder-decoder"
     backend = "pt"
+    array_namespace = torch
     init_on_build = False  # __init__ initialises the parts it builds, never the pretrained ones it is given
 
     def __init__(
@@ -107,24 +108,9 @@ class EncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTrain
             "use_cache": use_cache,
         }
 
-    # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        encoder_outputs=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        decoder_inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        **kwargs,
-    ):
+    # ------------------------------------------------------------------ forward (the flow: encdec_core.seq2seq)
+    @calls.signature("seq2seq", var_keyword=True)
+    def forward(self, a, **kwargs):
         """Encode (unless ``encoder_outputs`` is given), decode, and with ``labels`` compute the loss.
 
         ``labels`` (B, T) with -100 on ignored positions give ``decoder_input_ids`` by a shift
@@ -135,96 +121,21 @@ class EncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTrain
         As in Transformers, ``return_dict=None`` means ``config.return_dict``, and the parts read
         ``output_attentions`` / ``output_hidden_states`` / ``use_cache`` left None from their own configs.
         """
-        # Transformers' Trainer passes the label-token count of the whole accumulated batch: the loss is then
-        # this micro-batch's sum over it, so gradient accumulation gives the full batch's update (as HF's losses)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        enc_kw, dec_kw = semantics.split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
-        # with a cache, the decoder mask also covers the cached positions
-        self._check_inputs(
-            input_ids,
-            attention_mask,
-            encoder_outputs,
-            decoder_input_ids,
-            None if past_key_values is not None else decoder_attention_mask,
-            labels,
-        )
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                **enc_kw,
-            )
-        encoder_outputs = driver.as_encoder_output(encoder_outputs)
-        enc_states = encoder_outputs.last_hidden_state
-        if self.enc_to_dec_proj is not None:
-            enc_states = self.enc_to_dec_proj(enc_states)
+        return self.seq2seq_forward(a, kwargs)
 
-        decoder_input_ids, decoder_attention_mask = semantics.decoder_inputs_from_labels(
-            labels,
-            decoder_input_ids,
-            decoder_attention_mask,
-            self.config.pad_token_id,
-            self.config.decoder_start_token_id,
-            xp=torch,
-            has_embeds=decoder_inputs_embeds is not None,
+    def _loss(self, logits, labels, num_items_in_batch):
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=semantics.IGNORE_INDEX,
+            reduction="mean" if num_items_in_batch is None else "sum",
         )
-        dec = self.decoder(
-            input_ids=decoder_input_ids,
-            attention_mask=decoder_attention_mask,
-            encoder_hidden_states=enc_states,
-            encoder_attention_mask=attention_mask,
-            inputs_embeds=decoder_inputs_embeds,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **dec_kw,
-        )
-        loss = None
-        if labels is not None:
-            logits = dec.logits
-            if labels.shape != logits.shape[:2]:
-                raise InputError(
-                    f"labels have shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])} (batch, decoder length)"
-                )
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                labels.reshape(-1),
-                ignore_index=semantics.IGNORE_INDEX,
-                reduction="mean" if num_items_in_batch is None else "sum",
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
-        out = driver.seq2seq_output(loss, dec, encoder_outputs)
-        return out if driver.output_flags(self.config, None, None, return_dict)[2] else out.to_tuple()
+        return loss if num_items_in_batch is None else loss / num_items_in_batch
 
-    def _check_inputs(
-        self, input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask, labels
-    ) -> None:
-        """Shapes, lengths and label values, with errors that name the argument (shared rules: encdec_core.validation)."""
-
-        def shape(t):
-            return None if t is None else tuple(t.shape)
-
-        check_batch(
-            self.config.encoder,
-            self.config.decoder,
-            input_ids=shape(input_ids),
-            attention_mask=shape(attention_mask),
-            encoder_states=shape(driver.encoder_states(encoder_outputs)),
-            decoder_input_ids=shape(decoder_input_ids),
-            decoder_attention_mask=shape(decoder_attention_mask),
-            labels=shape(labels),
-        )
-        if labels is not None:
-            if labels.dtype.is_floating_point:
-                raise InputError(f"labels must hold integer token ids, got dtype {labels.dtype}")
-            semantics.check_label_array(labels.detach().cpu().numpy(), self.config.decoder.vocab_size)
+    def _check_labels(self, labels) -> None:
+        if labels.dtype.is_floating_point:
+            raise InputError(f"labels must hold integer token ids, got dtype {labels.dtype}")
+        semantics.check_label_array(labels.detach().cpu().numpy(), self.config.decoder.vocab_size)
 
     # ------------------------------------------------------------------ construction (the rest: driver)
     @classmethod

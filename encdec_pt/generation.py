@@ -19,17 +19,17 @@ import torch.nn.functional as F
 
 from encdec_core.decoding import (
     DecoderCache,
+    GenerateDriver,
     Ops,
     build_processors,
     make_search,
     processor_specs,
+    processor_table,
     search_settings,
-    temperature,
-    trim,
 )
 from encdec_core.driver import encoder_states
 from encdec_core.errors import InputError
-from encdec_core.generation import GenerationConfig, GenerationConfigMixin, mask_pad_id, prepend_start, resolve
+from encdec_core.generation import mask_pad_id, prepend_start
 from encdec_core.outputs import BaseModelOutput
 from encdec_core.validation import check_batch, max_positions
 from encdec_pt.kernels import packed_weights
@@ -136,16 +136,7 @@ def top_p(keep: int, p: float) -> Processor:
     return apply
 
 
-PROCESSORS = {
-    "repetition_penalty": repetition_penalty,
-    "no_repeat_ngram": no_repeat_ngram,
-    "bad_words": bad_words,
-    "min_length": min_length,
-    "force": force,
-    "temperature": temperature,
-    "top_k": top_k,
-    "top_p": top_p,
-}
+PROCESSORS = processor_table(globals())  # name -> processor (encdec_core.decoding.PROCESSOR_NAMES)
 
 
 # ------------------------------------------------------------------------------- the search ops
@@ -174,7 +165,7 @@ class TorchOps(Ops):
         return torch.multinomial(scores.softmax(-1), k, generator=rng), rng
 
     def full(self, shape, value, kind):
-        dtype = {"id": torch.long, "float": torch.float32, "bool": torch.bool}[kind]
+        dtype = torch.long if kind == "id" else getattr(torch, self.DTYPE_NAMES[kind])  # torch's ids are int64
         return torch.full(shape, value, dtype=dtype, device=self.device)
 
     def arange(self, n):
@@ -252,8 +243,15 @@ def _compiled_step(option) -> Callable:
 
 
 # ------------------------------------------------------------------------------- the mixin
-class GenerationMixin(GenerationConfigMixin):
-    """The decoding contract and ``generate`` for :class:`~encdec_pt.EncoderDecoderModel`."""
+class GenerationMixin(GenerateDriver):
+    """The decoding contract and ``generate`` for :class:`~encdec_pt.EncoderDecoderModel`.
+
+    ``generate``'s own keywords: ``generator=`` (a ``torch.Generator`` for sampling; or ``seed=``) and
+    ``compile=True`` (or a torch.compile backend name or kwargs dict): decode with a static cache under
+    ``torch.compile``.
+    """
+
+    generate_options = {"generator": None, "seed": None, "compile": False}
 
     def encode(self, input_ids, attention_mask=None, **kwargs) -> BaseModelOutput:
         """The encoder's outputs for ``input_ids`` (B, S): ``last_hidden_state`` (B, S, D_enc), ..."""
@@ -295,8 +293,14 @@ class GenerationMixin(GenerationConfigMixin):
             index=cache.index + t
         )
 
-    def _source(self, input_ids, attention_mask, encoder_outputs, probe):
-        """(encoder outputs, source mask or None) for generate."""
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        return super().generate(input_ids, attention_mask, **kwargs)
+
+    generate.__doc__ = GenerateDriver.generate.__doc__
+
+    def _generation_source(self, input_ids, attention_mask, encoder_outputs, probe, options):
+        """(encoder states (B,S,D_enc), source mask or None) for generate."""
         if encoder_outputs is None:
             if input_ids is None:
                 raise InputError("generate: give input_ids (the source tokens) or encoder_outputs")
@@ -315,10 +319,11 @@ class GenerationMixin(GenerationConfigMixin):
             raise InputError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(states.shape[:2])}"
             )
-        return encoder_outputs, attention_mask
+        return states, attention_mask
 
-    def _decoder_prompt(self, b: int, start_id: int, decoder_input_ids, decoder_attention_mask, device):
+    def _decoder_prompt(self, b: int, start_id: int, decoder_input_ids, decoder_attention_mask):
         """(prompt (B,P), its mask (B,P) or None): the start token, or it followed by the given ids."""
+        device = next(self.parameters()).device
         start = torch.full((b, 1), start_id, dtype=torch.long, device=device)
         if decoder_input_ids is None:
             return start, None
@@ -330,47 +335,16 @@ class GenerationMixin(GenerationConfigMixin):
             mask = None if mask is None else torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
         return prompt, mask
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        *,
-        encoder_outputs=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        generation_config: GenerationConfig | None = None,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        compile=False,
-        **kwargs,
-    ):
-        """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
-
-        Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
-        model config), overridden by ``generation_config=`` and by keyword arguments
-        (``max_new_tokens=``, ``num_beams=``, ...). ``decoder_input_ids`` is a decoder prompt
-        (the start token is prepended unless every row begins with it). Sampling is reproducible
-        with ``seed=`` or ``generator=``. ``compile=True`` (or a torch.compile backend name or
-        kwargs dict) decodes with a static cache under ``torch.compile``. Returns ids
-        (rows, length), or a :class:`GenerateOutput` with ``return_dict_in_generate=True``.
-        """
-        gen = self._generation_config(generation_config, kwargs)
-        vocab = self.config.decoder.vocab_size
-        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
-        encoder_outputs, mask = self._source(input_ids, attention_mask, encoder_outputs, probe)
-        states = encoder_states(encoder_outputs)
-        b, dev = states.shape[0], states.device
-        prompt, prompt_mask = self._decoder_prompt(b, probe.start_id, decoder_input_ids, decoder_attention_mask, dev)
-        plan = resolve(
-            gen, prompt_length=prompt.shape[1], vocab_size=vocab, max_positions=max_positions(self.config.decoder)
-        )
+    def _search(self, plan, states, mask, prompt, prompt_mask, want_scores, options):
+        """The search on a preallocated cache: ``compile`` runs each step through ``torch.compile`` (static cache)."""
+        compile, generator = options["compile"], options["generator"]
+        b, dev, vocab = states.shape[0], states.device, self.config.decoder.vocab_size
         g, p = plan.rows_per_source, plan.prompt_length
         dec_mask = None
         if prompt_mask is not None:  # with a cache the decoder mask covers the L slots
             dec_mask = torch.cat([prompt_mask, prompt_mask.new_ones(b, plan.max_length - p)], 1).repeat_interleave(g, 0)
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=dev).manual_seed(seed)
+        if generator is None and options["seed"] is not None:
+            generator = torch.Generator(device=dev).manual_seed(options["seed"])
         cache = self.init_cache(b * g, plan.max_length, states, mask)
         step = _compiled_step(compile) if compile else _step
         if compile:  # a tensor index: every step has the same shapes (see encdec_pt.layers.allocate_cache)
@@ -381,7 +355,6 @@ class GenerationMixin(GenerationConfigMixin):
         for ids in chunks:
             step(self.decoder, ids, cache, dec_mask)
             cache = cache._replace(index=cache.index + ids.shape[1])
-        want_scores = gen.return_dict_in_generate and gen.output_scores
         ops = TorchOps(plan, build_processors(processor_specs(plan), PROCESSORS), dev)
         search = make_search(ops, **search_settings(plan, vocab))
         scores = torch.zeros((plan.max_new_tokens, b * g, vocab), device=dev) if want_scores else None
@@ -390,8 +363,7 @@ class GenerationMixin(GenerationConfigMixin):
             while bool(search.cond(state)):
                 logits = step(self.decoder, search.last_tokens(state), state.cache, dec_mask)[:, -1].float()  # (N, V)
                 state = search.body(state._replace(cache=state.cache._replace(index=state.cache.index + 1)), logits)
-        out = trim(search.outputs(state), p, want_scores)
-        return out if gen.return_dict_in_generate else out.sequences
+        return search.outputs(state)
 
 
 __all__ = ["GenerationMixin", "TorchOps", "PROCESSORS"]

@@ -1,10 +1,12 @@
-"""The PyTorch building blocks: one attention module, one block, embeddings, masks.
+"""The PyTorch building blocks: one attention module, one block, masks, the cache.
 
 Module and attribute names copy HF's ``state_dict`` names (``attention.self.query``,
-``attn.c_attn``, ``LayerNorm``) so the PyTorch column of the core weight tables is the
-identity. BERT and GPT-2 differ only by flags: the parameter layout of the projections
-(separate ``query``/``key``/``value`` linears vs GPT-2's fused ``Conv1D``) and the place of
-the LayerNorm (after the residual sum in BERT, before the sublayer in GPT-2).
+``attn.c_attn``, ``self_attn.q_proj``, ``attention.q_lin``) so the PyTorch column of the core
+weight tables is the identity. The families differ only by config flags: ``layout`` (the
+parameter names of a block: separate q/k/v linears under BERT's, BART's or DistilBERT's names, or
+GPT-2's fused ``Conv1D``), ``pre_norm`` (the LayerNorm before each sublayer, GPT-2 / MBart, or
+after the residual sum, BERT / BART / DistilBERT) and ``relative_attention`` (BERT's
+``distance_embedding`` in self-attention).
 
 Shapes: B batch, T query length, S key length (source or cache + new), D model width,
 H heads, K head width (D / H), I feed-forward width, V vocabulary.
@@ -18,6 +20,7 @@ from torch import nn
 
 from encdec_core.configs import ACTIVATIONS, PretrainedConfig
 from encdec_core.decoding import DecoderCache, LayerCache
+from encdec_core.outputs import run_layers
 from encdec_pt.kernels import Linear, linear
 
 
@@ -52,46 +55,83 @@ def attend(q, k, v, mask, *, scale: float, dropout: float, need_weights: bool):
     return ctx, probs
 
 
+# projection names of the layouts with separate q/k/v linears (BERT's output projection is its AddNorm's dense)
+PROJECTIONS = {
+    "bert": ("query", "key", "value", None),
+    "bart": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"),
+}
+
+
 class Attention(nn.Module):
-    """Multi-head attention, self or cross, with HF's BERT or GPT-2 parameter layout.
+    """Multi-head attention, self or cross, with HF's parameter layout (``config.layout``).
 
     BERT layout: ``query``, ``key``, ``value`` linears; the output projection lives in the
-    sublayer's ``output`` (see :class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for
-    self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
+    sublayer's ``output`` (see :class:`AddNorm`). BART / DistilBERT: the same with their names
+    (:data:`PROJECTIONS`) and the output projection here. GPT-2 layout: fused ``c_attn`` (q, k, v
+    for self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
     ``past`` is this layer's cached (k, v): appended to for self-attention, reused as is for
-    cross-attention (computed once per generation).
+    cross-attention (computed once per generation). BERT's relative positions
+    (``config.relative_attention``) add a ``distance_embedding`` to self-attention only.
     """
 
-    def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0):
+    def __init__(self, config: PretrainedConfig, *, cross: bool, layer_idx: int = 0):
         super().__init__()
         d, kv_in = config.hidden_size, config.cross_width if cross else config.hidden_size
-        self.n_heads, self.head_dim, self.gpt2, self.cross = config.num_attention_heads, config.head_dim, gpt2, cross
-        self.attn_dropout, scale = config.attn_dropout, config.attention_scale(layer_idx)
-        if gpt2:
+        self.n_heads, self.head_dim, self.cross = config.num_attention_heads, config.head_dim, cross
+        self.gpt2 = config.layout == "gpt2"
+        self.attn_dropout, self.scale = config.attn_dropout, config.attention_scale(layer_idx)
+        self.relative = config.relative_attention if config.layout == "bert" and not cross else None
+        if self.gpt2:
             if cross:
                 self.q_attn = Conv1D(d, d)
                 self.c_attn = Conv1D(kv_in, 2 * d)
             else:
                 self.c_attn = Conv1D(d, 3 * d)
+            self.names = (None, None, None, "c_proj")
             self.c_proj = Conv1D(d, d)
-            self.resid_dropout = nn.Dropout(config.hidden_dropout)
         else:
-            self.query = Linear(d, d)
-            self.key = Linear(kv_in, d)
-            self.value = Linear(kv_in, d)
-        self.scale = scale
+            self.names = PROJECTIONS[config.layout]
+            q, k, v, out = self.names
+            setattr(self, q, Linear(d, d))
+            setattr(self, k, Linear(kv_in, d))
+            setattr(self, v, Linear(kv_in, d))
+            if out is not None:
+                setattr(self, out, Linear(d, d))
+        if self.names[3] is not None:
+            self.resid_dropout = nn.Dropout(config.hidden_dropout if config.layout != "distilbert" else 0.0)
+        if self.relative:
+            self.distance_embedding = nn.Embedding(config.relative_distances, self.head_dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,K)
 
+    def _project(self, which: int, x: torch.Tensor) -> torch.Tensor:
+        return self._split(getattr(self, self.names[which])(x))
+
     def keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys and values of the encoder states src (B,S,D_enc): each (B,H,S,K)."""
         if self.gpt2:
             k, v = self.c_attn(src).split(self.n_heads * self.head_dim, dim=-1)
-        else:
-            k, v = self.key(src), self.value(src)
-        return self._split(k), self._split(v)
+            return self._split(k), self._split(v)
+        return self._project(1, src), self._project(2, src)
+
+    def relative_scores(self, q: torch.Tensor, k: torch.Tensor, start) -> torch.Tensor:
+        """BERT's relative-position scores (B,H,T,S), before the 1/sqrt(K) scale.
+
+        Query row i sits at position ``start + i`` (``start``: the tokens before this call, or the
+        static cache's index), key j at position j (its slot).
+        """
+        t, s = q.shape[2], k.shape[2]
+        rows = self.distance_embedding.num_embeddings
+        q_pos = start + torch.arange(t, device=q.device)
+        dist = q_pos[:, None] - torch.arange(s, device=q.device)[None, :] + (rows - 1) // 2
+        e = self.distance_embedding(dist.clamp(0, rows - 1)).to(q.dtype)  # (T,S,K); clamped: masked slots only
+        scores = torch.einsum("bhld,lrd->bhlr", q, e)
+        if self.relative == "relative_key_query":
+            scores = scores + torch.einsum("bhrd,lrd->bhlr", k, e)
+        return scores
 
     def forward(self, x, mask=None, *, kv=None, past=None, cache_index=None, use_cache=False, need_weights=False):
         """x (B,T,D) -> (context (B,T,D), present (k, v) or None, probs (B,H,T,S) or None).
@@ -101,7 +141,7 @@ class Attention(nn.Module):
         """
         n, t = x.shape[:2]
         if self.cross:
-            q = self._split(self.q_attn(x) if self.gpt2 else self.query(x))
+            q = self._split(self.q_attn(x)) if self.gpt2 else self._project(0, x)
             if past is None:
                 k, v = self.keys_values(kv)
             else:  # computed once per generation
@@ -110,11 +150,15 @@ class Attention(nn.Module):
             if self.gpt2:
                 q, k, v = (self._split(a) for a in self.c_attn(x).split(self.n_heads * self.head_dim, dim=-1))
             else:
-                q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+                q, k, v = self._project(0, x), self._project(1, x), self._project(2, x)
             if isinstance(past, LayerCache):
                 k, v = write_cache(past.key, k, cache_index), write_cache(past.value, v, cache_index)
             elif past is not None:  # a (k, v) tuple: append this step's keys/values
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            if self.relative:
+                start = cache_index if isinstance(cache_index, torch.Tensor) else k.shape[2] - t
+                rel = self.relative_scores(q, k, start) * self.scale
+                mask = rel if mask is None else rel + mask
         p = self.attn_dropout if self.training else 0.0
         g = n // k.shape[0]
         if g > 1:  # beams (or samples) of one source share its cross keys/values: fold them into queries
@@ -127,8 +171,8 @@ class Attention(nn.Module):
                     probs.view(k.shape[0], probs.shape[1], g, t, -1).transpose(1, 2).reshape(n, probs.shape[1], t, -1)
                 )
         ctx = ctx.transpose(1, 2).reshape(n, t, -1)  # (B,T,D)
-        if self.gpt2:
-            ctx = self.resid_dropout(self.c_proj(ctx))
+        if self.names[3] is not None:
+            ctx = self.resid_dropout(getattr(self, self.names[3])(ctx))
         return ctx, ((k, v) if use_cache else None), probs
 
 
@@ -150,64 +194,111 @@ class AttentionSublayer(nn.Module):
 
     def __init__(self, config: PretrainedConfig, *, cross: bool):
         super().__init__()
-        self.self = Attention(config, gpt2=False, cross=cross)
+        self.self = Attention(config, cross=cross)
         self.output = AddNorm(config, config.hidden_size)
 
 
-class FeedForward(nn.Module):
-    """Position-wise MLP: BERT's ``intermediate.dense`` (the output half is an AddNorm) or GPT-2's ``mlp``."""
+def mlp(x, fc_in, fc_out, act, dropout, act_dropout=None):
+    """fc_out(act(fc_in(x))) with dropouts: GPT-2's ``mlp``, DistilBERT's ``ffn``, BART's fc1/fc2."""
+    h = act(fc_in(x))
+    return dropout(fc_out(h if act_dropout is None else act_dropout(h)))
 
-    def __init__(self, config: PretrainedConfig, *, gpt2: bool):
+
+# the two linears of a feed-forward module, per layout (BERT's output half is an AddNorm; BART's sit on the layer)
+FEED_FORWARD = {"gpt2": ("c_fc", "c_proj", Conv1D), "distilbert": ("lin1", "lin2", Linear)}
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: BERT's ``intermediate.dense``, GPT-2's ``mlp`` or DistilBERT's ``ffn``."""
+
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
         d, i = config.hidden_size, config.intermediate_size
-        self.gpt2 = gpt2
-        if gpt2:
-            self.c_fc, self.c_proj = Conv1D(d, i), Conv1D(i, d)
-            self.dropout = nn.Dropout(config.hidden_dropout)
-            self.act = activation(config.act_name)
-        else:
+        self.act = activation(config.act_name)
+        self.names = FEED_FORWARD.get(config.layout)
+        if self.names is None:
             self.dense = Linear(d, i)
-            self.act = activation(config.act_name)
+        else:
+            fc_in, fc_out, kind = self.names
+            setattr(self, fc_in, kind(d, i))
+            setattr(self, fc_out, kind(i, d))
+            self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gpt2:
-            return self.dropout(self.c_proj(self.act(self.c_fc(x))))
-        return self.act(self.dense(x))  # (B,T,I)
+        if self.names is None:
+            return self.act(self.dense(x))  # (B,T,I)
+        return mlp(x, getattr(self, self.names[0]), getattr(self, self.names[1]), self.act, self.dropout)
+
+
+# a block's module names per layout: self-attention, its norm, cross-attention, its norm, the MLP, its norm
+# (BERT's attention sublayers carry their norms in ``output``: AddNorm; its MLP is intermediate + output)
+SUBLAYERS = {
+    "bert": ("attention.self", "attention.output", "crossattention.self", "crossattention.output", None, None),
+    "gpt2": ("attn", "ln_1", "crossattention", "ln_cross_attn", "mlp", "ln_2"),
+    "bart": ("self_attn", "self_attn_layer_norm", "encoder_attn", "encoder_attn_layer_norm", None, "final_layer_norm"),
+    "distilbert": ("attention", "sa_layer_norm", None, None, "ffn", "output_layer_norm"),
+}
 
 
 class Block(nn.Module):
     """One transformer layer: self-attention, optional cross-attention, feed-forward.
 
-    ``gpt2=False``: BERT post-LN (``x = LN(x + f(x))``); ``gpt2=True``: GPT-2 pre-LN
-    (``x = x + f(LN(x))``). Cross-attention exists when the config has ``add_cross_attention``.
+    ``config.layout`` gives HF's module names (:data:`SUBLAYERS`); ``config.pre_norm`` the place
+    of each LayerNorm: before the sublayer (``x = x + f(LN(x))``: GPT-2, MBart) or after the
+    residual sum (``x = LN(x + f(x))``: BERT, BART, DistilBERT). Cross-attention exists when the
+    config has ``add_cross_attention``.
     """
 
-    def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool):
+    def __init__(self, config: PretrainedConfig, layer_idx: int):
         super().__init__()
-        self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
-        eps = config.norm_eps
-        if gpt2:
-            self.ln_1 = nn.LayerNorm(config.hidden_size, eps=eps)
-            self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx)
-            if self.has_cross:
-                self.crossattention = Attention(config, gpt2=True, cross=True, layer_idx=layer_idx)
-                self.ln_cross_attn = nn.LayerNorm(config.hidden_size, eps=eps)
-            self.ln_2 = nn.LayerNorm(config.hidden_size, eps=eps)
-            self.mlp = FeedForward(config, gpt2=True)
-        else:
+        self.layout, self.pre_norm = config.layout, config.pre_norm
+        self.has_cross = config.has_cross_attention and config.layout != "distilbert"
+        self.names = SUBLAYERS[config.layout]
+        d, eps = config.hidden_size, config.norm_eps
+        if self.layout == "bert":
             self.attention = AttentionSublayer(config, cross=False)
             if self.has_cross:
                 self.crossattention = AttentionSublayer(config, cross=True)
-            self.intermediate = FeedForward(config, gpt2=False)
+            self.intermediate = FeedForward(config)
             self.output = AddNorm(config, config.intermediate_size)
+            return
+        attn, attn_norm, cross, cross_norm, ffn, ffn_norm = self.names
+        setattr(self, attn, Attention(config, cross=False, layer_idx=layer_idx))
+        setattr(self, attn_norm, nn.LayerNorm(d, eps=eps))
+        if self.has_cross:
+            setattr(self, cross, Attention(config, cross=True, layer_idx=layer_idx))
+            setattr(self, cross_norm, nn.LayerNorm(d, eps=eps))
+        if ffn is not None:
+            setattr(self, ffn, FeedForward(config))
+        else:  # BART: fc1 / fc2 on the layer itself
+            self.fc1, self.fc2 = Linear(d, config.intermediate_size), Linear(config.intermediate_size, d)
+            self.act = activation(config.act_name)
+            self.dropout, self.act_dropout = nn.Dropout(config.hidden_dropout), nn.Dropout(config.act_dropout)
+        setattr(self, ffn_norm, nn.LayerNorm(d, eps=eps))
 
-    def _sublayer(self, x, norm, attn, out, **kw):
-        """Run one attention sublayer in this block's LayerNorm order."""
-        if self.gpt2:
+    def cross_attention(self) -> Attention:
+        """The cross-attention heads (their ``keys_values`` fill the generation cache)."""
+        return self.get_submodule(self.names[2])
+
+    def _sublayer(self, x, attn, norm, **kw):
+        """Run one attention sublayer in this block's LayerNorm order (BERT's norm is an AddNorm)."""
+        attn, norm = self.get_submodule(attn), self.get_submodule(norm)
+        if self.pre_norm:
             ctx, present, probs = attn(norm(x), **kw)
             return x + ctx, present, probs
         ctx, present, probs = attn(x, **kw)
-        return out(ctx, x), present, probs
+        return (norm(ctx, x) if isinstance(norm, AddNorm) else norm(x + ctx)), present, probs
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "bert":
+            return self.output(self.intermediate(x), x)
+        ffn, norm = self.names[4], getattr(self, self.names[5])
+        f = (
+            getattr(self, ffn)
+            if ffn
+            else (lambda h: mlp(h, self.fc1, self.fc2, self.act, self.dropout, self.act_dropout))
+        )
+        return x + f(norm(x)) if self.pre_norm else norm(x + f(x))
 
     def forward(
         self, x, mask=None, enc=None, enc_mask=None, past=None, use_cache=False, need_weights=False, cache_index=None
@@ -216,15 +307,12 @@ class Block(nn.Module):
 
         ``past``: HF's tuple, or a :class:`~encdec_core.decoding.LayerCache` written at ``cache_index``.
         """
-        g = self.gpt2
         cached = isinstance(past, LayerCache)
         kw = dict(use_cache=use_cache, need_weights=need_weights)
-        self_attn = self.attn if g else self.attention.self
         x, present, p_self = self._sublayer(
             x,
-            getattr(self, "ln_1", None),
-            self_attn,
-            None if g else self.attention.output,
+            self.names[0],
+            self.names[1],
             mask=mask,
             past=past if cached or past is None else past[:2],
             cache_index=cache_index,
@@ -232,19 +320,11 @@ class Block(nn.Module):
         )
         p_cross = None
         if self.has_cross and (enc is not None or (cached and past.cross_key is not None)):
-            cross = self.crossattention if g else self.crossattention.self
             x, present_x, p_cross = self._sublayer(
-                x,
-                getattr(self, "ln_cross_attn", None),
-                cross,
-                None if g else self.crossattention.output,
-                mask=enc_mask,
-                kv=enc,
-                past=_cross_past(past),
-                **kw,
+                x, self.names[2], self.names[3], mask=enc_mask, kv=enc, past=_cross_past(past), **kw
             )
             present = present + present_x if use_cache else None
-        x = x + self.mlp(self.ln_2(x)) if g else self.output(self.intermediate(x), x)
+        x = self._feed_forward(x)
         return x, (past if cached else present), p_self, p_cross
 
 
@@ -334,45 +414,31 @@ def cross_attention_mask(encoder_attention_mask, dtype):
     return additive_mask(encoder_attention_mask[:, None, None, :], dtype)
 
 
-def run_blocks(
-    blocks,
-    x,
-    *,
-    mask,
-    enc,
-    enc_mask,
-    past_key_values,
-    use_cache,
-    output_attentions,
-    output_hidden_states,
-    checkpointing: bool,
-):
-    """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
-    hidden, attns, cross_attns, presents = [], [], [], []
+def run_blocks(blocks, x, mask, enc, enc_mask, past_key_values, flags, checkpointing: bool):
+    """Run the layer stack (:func:`encdec_core.outputs.run_layers`); flags: (use_cache, attentions, hidden states)."""
+    use_cache, output_attentions, output_hidden_states = flags
     cached = isinstance(past_key_values, DecoderCache)
     pasts = past_key_values.layers if cached else past_key_values
     index = past_key_values.index if cached else None
-    for i, block in enumerate(blocks):
-        if output_hidden_states:
-            hidden.append(x)
+
+    def step(i, block, x):
         past = None if pasts is None else pasts[i]
         if cached:  # written in place at the cache index
-            out = block(x, mask, enc, enc_mask, past, use_cache, output_attentions, cache_index=index)
-        elif checkpointing:
-            out = torch.utils.checkpoint.checkpoint(
+            return block(x, mask, enc, enc_mask, past, use_cache, output_attentions, cache_index=index)
+        if checkpointing:
+            return torch.utils.checkpoint.checkpoint(
                 block, x, mask, enc, enc_mask, past, use_cache, output_attentions, use_reentrant=False
             )
-        else:
-            out = block(x, mask, enc, enc_mask, past, use_cache, output_attentions)
-        x, present, p_self, p_cross = out
-        presents.append(present)
-        attns.append(p_self)
-        cross_attns.append(p_cross)
-    return x, {
-        "hidden_states": hidden,
-        "past_key_values": past_key_values._replace(index=index + x.shape[1])
-        if cached
-        else (tuple(presents) if use_cache else None),
-        "attentions": tuple(attns) if output_attentions else None,
-        "cross_attentions": tuple(cross_attns) if output_attentions and enc is not None else None,
-    }
+        return block(x, mask, enc, enc_mask, past, use_cache, output_attentions)
+
+    x, extra = run_layers(
+        blocks,
+        x,
+        step,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+        keep_presents=use_cache,
+    )
+    if cached:
+        extra["past_key_values"] = past_key_values._replace(index=index + x.shape[1])
+    return x, extra

@@ -22,13 +22,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
-from encdec_core import driver, semantics
+from encdec_core import calls, driver, semantics
 from encdec_core.configs import EncoderDecoderConfig
-from encdec_core.errors import InputError
 from encdec_core.generation import GenerationConfig
 from encdec_core.registry import model_class
+from encdec_core.seq2seq import Seq2SeqForward
 from encdec_core.tables import Param, encoder_decoder_table, needs_projection
-from encdec_core.validation import check_batch
 from encdec_tf import models as _models  # noqa: F401  (registers the architectures)
 from encdec_tf.adopt import adopt_config
 from encdec_tf.cache import DecoderCache
@@ -38,7 +37,7 @@ from encdec_tf.modeling_utils import PreTrainedModel, defer_variables, prefix_sl
 from encdec_tf.models import masked_cross_entropy
 
 
-class TFEncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTrainedModel):
+class TFEncoderDecoderModel(driver.EncoderDecoderDriver, Seq2SeqForward, GenerationMixin, PreTrainedModel):
     """A sequence-to-sequence model made of an encoder and a causal decoder, in Keras 3.
 
     Build it from a config (random weights), from two models, or warm-start it from two
@@ -61,6 +60,8 @@ class TFEncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTra
     config_class = EncoderDecoderConfig
     role = "encoder-decoder"
     backend = "tf"
+    array_namespace = tnp
+    resolve_flags = True  # output switches left None come from the wrapper's config, as Transformers' TF class
 
     def __init__(
         self,
@@ -124,25 +125,9 @@ class TFEncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTra
             tf.convert_to_tensor(labels), self.config.pad_token_id, self.config.decoder_start_token_id, xp=tnp
         )
 
-    # ------------------------------------------------------------------ call
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        encoder_outputs=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        decoder_inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-        **kwargs,
-    ):
+    # ------------------------------------------------------------------ call (the flow: encdec_core.seq2seq)
+    @calls.signature("seq2seq", var_keyword=True, training=False)
+    def call(self, a, **kwargs):
         """Encode (unless ``encoder_outputs`` is given), decode, and with ``labels`` compute the loss.
 
         ``labels`` (B, T) with -100 on ignored positions give ``decoder_input_ids`` by a shift
@@ -154,96 +139,34 @@ class TFEncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTra
         arguments prefixed ``decoder_`` go to the decoder, the others to the encoder. Output switches
         left None come from ``config`` (the wrapper's, as Transformers' TF class).
         """
-        if isinstance(input_ids, Mapping):  # Keras' fit/evaluate/predict hand over the whole batch
-            named = dict(
-                attention_mask=attention_mask,
-                decoder_input_ids=decoder_input_ids,
-                decoder_attention_mask=decoder_attention_mask,
-                encoder_outputs=encoder_outputs,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                decoder_inputs_embeds=decoder_inputs_embeds,
-                labels=labels,
-            )
-            batch = {**dict(input_ids), **{k: v for k, v in named.items() if v is not None}}
-            return self.call(
-                **batch,
-                use_cache=use_cache,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=return_dict,
-                training=training,
-                **kwargs,
-            )
-        output_attentions, output_hidden_states, return_dict = driver.output_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
-        enc_kw, dec_kw = semantics.split_prefixed_kwargs(kwargs, "decoder_", default="encoder")
-        cached = isinstance(past_key_values, DecoderCache)
-        if not cached:  # with a cache, the decoder mask also covers the cached positions
-            _check_inputs(
-                self.config,
-                input_ids,
-                attention_mask,
-                encoder_outputs,
-                decoder_input_ids,
-                None if past_key_values is not None else decoder_attention_mask,
-                labels,
-            )
-        if encoder_outputs is None and not (cached and input_ids is None and inputs_embeds is None):
-            if input_ids is None and inputs_embeds is None:
-                raise InputError("TFEncoderDecoderModel: give input_ids, inputs_embeds or encoder_outputs")
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                training=training,
-                **enc_kw,
-            )
-        encoder_outputs = driver.as_encoder_output(encoder_outputs)
-        enc_states = None if encoder_outputs is None else encoder_outputs.last_hidden_state
-        if enc_states is not None and self.enc_to_dec_proj is not None:
-            enc_states = self.enc_to_dec_proj(enc_states)
+        if isinstance(a.input_ids, Mapping):  # Keras' fit/evaluate/predict hand over the whole batch
+            given = {k: v for k, v in a._asdict().items() if v is not None and k != "input_ids"}
+            return self.call(**{**dict(a.input_ids), **given}, **kwargs)
+        if a.labels is not None:
+            a = a._replace(labels=tf.convert_to_tensor(a.labels))
+        return self.seq2seq_forward(a, kwargs)
 
-        decoder_input_ids, decoder_attention_mask = semantics.decoder_inputs_from_labels(
-            None if labels is None else tf.convert_to_tensor(labels),
-            decoder_input_ids,
-            decoder_attention_mask,
-            self.config.pad_token_id,
-            self.config.decoder_start_token_id,
-            xp=tnp,
-            has_embeds=decoder_inputs_embeds is not None,
-        )
-        if decoder_input_ids is None and decoder_inputs_embeds is None:
-            raise InputError("TFEncoderDecoderModel: give decoder_input_ids, decoder_inputs_embeds or labels")
-        dec = self.decoder(
-            input_ids=decoder_input_ids,
-            attention_mask=decoder_attention_mask,
-            encoder_hidden_states=enc_states,
-            encoder_attention_mask=attention_mask,
-            inputs_embeds=decoder_inputs_embeds,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            training=training,
-            **dec_kw,
-        )
-        loss = None
-        if labels is not None:
-            labels = tf.convert_to_tensor(labels)
-            want = dec.logits.shape[:2]
-            if want.is_fully_defined() and labels.shape.is_fully_defined() and labels.shape != want:
-                raise InputError(
-                    f"labels have shape {tuple(labels.shape)}, expected {tuple(want)} (batch, decoder length)"
-                )
-            loss = masked_cross_entropy(dec.logits, labels)
-        out = driver.seq2seq_output(loss, dec, encoder_outputs)
-        return out if return_dict else out.to_tuple()
+    def part_options(self, a) -> dict:
+        return {"training": a.training}
+
+    def skip_encoder(self, a) -> bool:
+        return isinstance(a.past_key_values, DecoderCache) and a.input_ids is None and a.inputs_embeds is None
+
+    def _loss(self, logits, labels, num_items_in_batch):
+        return masked_cross_entropy(logits, labels, num_items_in_batch)
+
+    def _check_inputs(self, a) -> None:
+        if not isinstance(a.past_key_values, DecoderCache):  # a cache's steps were checked by decode_step
+            super()._check_inputs(a)
+
+    def static_shape(self, x) -> tuple | None:
+        """A fully known shape, or None (absent input, or a dimension unknown while Keras traces)."""
+        shape = None if x is None else tuple(x.shape)
+        return None if shape is None or None in shape else tuple(int(d) for d in shape)
+
+    def _check_labels(self, labels) -> None:
+        if tf.executing_eagerly():
+            semantics.check_label_array(np.asarray(labels), self.config.decoder.vocab_size)
 
     # cached decoding: encode / init_cache / decode_step are the decoding contract (encdec_tf.generation)
 
@@ -253,33 +176,6 @@ class TFEncoderDecoderModel(driver.EncoderDecoderDriver, GenerationMixin, PreTra
         model = cls(config=config, encoder=parts["encoder"], decoder=parts["decoder"])
         model._warm_started_projection = model.enc_to_dec_proj is not None  # see encdec_tf.adopt
         return model
-
-
-def _static_shape(x) -> tuple[int, ...] | None:
-    """A fully known shape, or None (absent input, or a dimension unknown while Keras traces)."""
-    if x is None:
-        return None
-    shape = tuple(x.shape)
-    return None if any(d is None for d in shape) else tuple(int(d) for d in shape)
-
-
-def _check_inputs(
-    config, input_ids, attention_mask, encoder_outputs, decoder_input_ids, decoder_attention_mask, labels
-) -> None:
-    """The shared shape and label checks (encdec_core.validation): PyTorch's errors, word for word."""
-    enc = driver.encoder_states(encoder_outputs)
-    check_batch(
-        config.encoder,
-        config.decoder,
-        input_ids=_static_shape(input_ids),
-        attention_mask=_static_shape(attention_mask),
-        encoder_states=_static_shape(enc),
-        decoder_input_ids=_static_shape(decoder_input_ids),
-        decoder_attention_mask=_static_shape(decoder_attention_mask),
-        labels=_static_shape(labels),
-    )
-    if labels is not None and tf.executing_eagerly():
-        semantics.check_label_array(np.asarray(labels), config.decoder.vocab_size)
 
 
 __all__ = ["TFEncoderDecoderModel"]

@@ -18,19 +18,12 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from encdec_core.decoding import EARLY_STOPPING, DecoderCache, processor_specs, trim
+from encdec_core.decoding import EARLY_STOPPING, DecoderCache, GenerateDriver, processor_specs
 from encdec_core.driver import encoder_states
 from encdec_core.errors import InputError
-from encdec_core.generation import (
-    GenerationConfig,
-    GenerationConfigMixin,
-    GenerationPlan,
-    mask_pad_id,
-    prepend_start,
-    resolve,
-)
+from encdec_core.generation import GenerationPlan, mask_pad_id, prepend_start
 from encdec_core.outputs import BaseModelOutput
-from encdec_core.validation import check_batch, max_positions
+from encdec_core.validation import check_batch
 from encdec_tf.modeling_utils import check_ids
 from encdec_tf.processors import tf_processors
 from encdec_tf.search import search_loop
@@ -124,8 +117,26 @@ def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_com
 
 
 # ------------------------------------------------------------------------------- the mixin
-class GenerationMixin(GenerationConfigMixin):
-    """The decoding contract, ``generate`` and ``export_generate`` for :class:`~encdec_tf.TFEncoderDecoderModel`."""
+class GenerationMixin(GenerateDriver):
+    """The decoding contract, ``generate`` and ``export_generate`` for :class:`~encdec_tf.TFEncoderDecoderModel`.
+
+    ``generate`` (:class:`~encdec_core.decoding.GenerateDriver`) returns int32 ids; sampling draws
+    stateless random numbers from ``seed=`` (reproducible; a random seed when None). The decoding is
+    one ``tf.function(jit_compile=True)`` (``jit_compile=False``: the same graph without XLA, for
+    debugging), kept on the model per static settings and compiled once per input shape: (batch,
+    source length, decoder prompt length); the encoder is compiled apart, once per source shape, for
+    every setting. EOS and pad ids, the length penalty, early stopping and the seed are inputs of the
+    compiled program: changing them does not recompile; other settings do (once each). To bound the
+    number of compilations, pad sources to a few bucket lengths with an ``attention_mask`` and keep
+    the batch size fixed (pad the last batch with rows of padding); padded positions are masked out::
+
+        s = -(-ids.shape[1] // 32) * 32                      # next multiple of 32
+        ids = tf.pad(ids, [[0, 0], [0, s - ids.shape[1]]], constant_values=pad_token_id)
+        mask = tf.pad(mask, [[0, 0], [0, s - mask.shape[1]]])
+        model.generate(ids, attention_mask=mask, max_new_tokens=32, num_beams=4)
+    """
+
+    generate_options = {"seed": None, "jit_compile": True}
 
     def encode(self, input_ids, attention_mask=None, training=False, **kwargs) -> BaseModelOutput:
         """The encoder's outputs for ``input_ids`` (B, S): ``last_hidden_state`` (B, S, D_enc), ..."""
@@ -159,8 +170,8 @@ class GenerationMixin(GenerationConfigMixin):
         )
         return out.logits, out.past_key_values
 
-    def _source_for_generation(self, input_ids, attention_mask, encoder_outputs, probe: GenerationPlan):
-        """(source ids (B,S) int32 or encoder states (B,S,D_enc), source mask (B,S) int32, whether to encode)."""
+    def _generation_source(self, input_ids, attention_mask, encoder_outputs, probe: GenerationPlan, options):
+        """(encoder states (B,S,D_enc), source mask (B,S) int32); the encoder compiled once per source shape."""
         attention_mask = None if attention_mask is None else tf.convert_to_tensor(attention_mask)
         if encoder_outputs is None:
             if input_ids is None:
@@ -180,11 +191,13 @@ class GenerationMixin(GenerationConfigMixin):
             source = tf.convert_to_tensor(encoder_states(encoder_outputs), tf.float32)
         want = tuple(source.shape[:2])
         if attention_mask is None:  # all ones: the same numbers as no mask, and one compiled signature
-            return source, tf.ones(want, tf.int32), encoder_outputs is None
-        mask = tf.cast(tf.convert_to_tensor(attention_mask), tf.int32)
-        if tuple(mask.shape) != want:
-            raise InputError(f"attention_mask has shape {tuple(mask.shape)}, expected {want}")
-        return source, mask, encoder_outputs is None
+            mask = tf.ones(want, tf.int32)
+        else:
+            mask = tf.cast(tf.convert_to_tensor(attention_mask), tf.int32)
+            if tuple(mask.shape) != want:
+                raise InputError(f"attention_mask has shape {tuple(mask.shape)}, expected {want}")
+        encode = encoder_outputs is None
+        return (encoder_function(self, options["jit_compile"])(source, mask) if encode else source), mask
 
     def _decoder_prompt(self, b: int, start: int, decoder_input_ids, decoder_attention_mask):
         """(prompt (B,P) int32, its mask (B,P) int32): the start token, or it followed by the given ids."""
@@ -201,58 +214,10 @@ class GenerationMixin(GenerationConfigMixin):
             return tf.concat([first, ids], 1), tf.concat([tf.ones_like(first), mask], 1)
         return ids, mask
 
-    def generate(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        *,
-        encoder_outputs=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        generation_config: GenerationConfig | None = None,
-        seed: int | None = None,
-        jit_compile: bool = True,
-        **kwargs,
-    ):
-        """Generate decoder token ids: greedy by default, beam search with ``num_beams``, sampling with ``do_sample``.
-
-        Settings come from ``model.generation_config`` (from ``generation_config.json`` or the
-        model config), overridden by ``generation_config=`` and by keyword arguments
-        (``max_new_tokens=``, ``num_beams=``, ...). ``decoder_input_ids`` is a decoder prompt (the
-        start token is prepended unless every row begins with it). Sampling draws stateless
-        random numbers from ``seed=`` (reproducible; a random seed when None). Returns int32 ids
-        (rows, length), or a :class:`GenerateOutput` with ``return_dict_in_generate=True``.
-
-        The decoding is one ``tf.function(jit_compile=True)`` (``jit_compile=False``: the same
-        graph without XLA, for debugging), kept on the model per static settings and compiled
-        once per input shape: (batch, source length, decoder prompt length); the encoder is
-        compiled apart, once per source shape, for every setting. EOS and pad ids, the length
-        penalty, early stopping and the seed are inputs of the compiled program: changing them
-        does not recompile; other settings do (once each). To bound the number of compilations,
-        pad sources to a few bucket lengths with an ``attention_mask`` and keep the batch size
-        fixed (pad the last batch with rows of padding); padded positions are masked out::
-
-            s = -(-ids.shape[1] // 32) * 32                      # next multiple of 32
-            ids = tf.pad(ids, [[0, 0], [0, s - ids.shape[1]]], constant_values=pad_token_id)
-            mask = tf.pad(mask, [[0, 0], [0, s - mask.shape[1]]])
-            model.generate(ids, attention_mask=mask, max_new_tokens=32, num_beams=4)
-        """
-        gen = self._generation_config(generation_config, kwargs)
-        vocab = self.config.decoder.vocab_size
-        probe = resolve(gen, prompt_length=1, vocab_size=vocab)  # tokens checked up front
-        source, source_mask, encode = self._source_for_generation(input_ids, attention_mask, encoder_outputs, probe)
-        prompt, prompt_mask = self._decoder_prompt(
-            int(source.shape[0]), probe.start_id, decoder_input_ids, decoder_attention_mask
-        )
-        plan = resolve(
-            gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab, max_positions=max_positions(self.config.decoder)
-        )
-        want_scores = gen.return_dict_in_generate and gen.output_scores
-        states = encoder_function(self, jit_compile)(source, source_mask) if encode else source
-        fn = decoding_function(self, plan, want_scores=want_scores, jit_compile=jit_compile)
-        raw = fn(states, source_mask, prompt, prompt_mask, knobs(plan, vocab, seed))
-        out = trim(raw, plan.prompt_length, want_scores)
-        return out if gen.return_dict_in_generate else out.sequences
+    def _search(self, plan, states, mask, prompt, prompt_mask, want_scores, options):
+        """The whole decoding as one compiled function (see :func:`decoding_function`)."""
+        fn = decoding_function(self, plan, want_scores=want_scores, jit_compile=options["jit_compile"])
+        return fn(states, mask, prompt, prompt_mask, knobs(plan, self.config.decoder.vocab_size, options["seed"]))
 
     def export_generate(self, path, **settings):
         """Save a SavedModel whose serving signature generates; see :func:`encdec_tf.export.export_generate`."""

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from encdec_core.configs import ACTIVATIONS, PretrainedConfig
+from encdec_core.outputs import run_layers
 from encdec_tf.cache import write_cache
 
 
@@ -111,21 +112,33 @@ class Embedding(Module):
 
 
 # ---------------------------------------------------------------------------------- attention
-def attend(q, k, v, mask, *, scale: float, rate: float, training: bool):
-    """Scaled dot-product attention. q (B,H,T,K), k/v (B,H,S,K), mask additive (B,1,T|1,S)."""
-    scores = tf.matmul(q, k, transpose_b=True) * scale  # (B,H,T,S)
+def attend(q, k, v, mask, *, scale: float, rate: float, training: bool, extra=None):
+    """Scaled dot-product attention. q (B,H,T,K), k/v (B,H,S,K), mask additive (B,1,T|1,S).
+
+    ``extra`` (B,H,T,S) is added to the scores before the scale (BERT's relative position terms).
+    """
+    scores = tf.matmul(q, k, transpose_b=True)  # (B,H,T,S)
+    scores = (scores if extra is None else scores + extra) * scale
     if mask is not None:
         scores = scores + mask
     probs = tf.nn.softmax(scores, axis=-1)
     return tf.matmul(dropout(probs, rate, training), v), probs
 
 
+def _linear_names(suffix: str) -> tuple[str, str, str, str]:
+    return tuple(f"{n}_{suffix}" for n in ("q", "k", "v", "out"))
+
+
 class Attention(Module):
-    """Multi-head attention, self or cross, with HF's BERT or GPT-2 parameter layout.
+    """Multi-head attention, self or cross, with HF's BERT, GPT-2, DistilBERT or BART parameter layout.
 
     BERT layout: ``query``, ``key``, ``value`` dense layers; the output projection lives in the
     sublayer's ``output`` (see :class:`AddNorm`). GPT-2 layout: fused ``c_attn`` (q, k, v for
-    self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``.
+    self-attention; k, v for cross-attention, whose q is ``q_attn``) and ``c_proj``. DistilBERT
+    (``{q,k,v,out}_lin``) and BART (``{q,k,v,out}_proj``): separate projections and the output
+    projection in this layer. BERT's relative positions (``config.relative_attention``) add a
+    ``distance_embedding`` to self-attention: query ``i`` sits at ``past + i``, key ``s`` at ``s``
+    (a preallocated cache's slot), and ``q . E[i - s]`` (``+ k . E[i - s]``) joins the scores.
     ``past`` is this layer's cached (k, v): reused as is by cross-attention (computed once per
     generation, for the B sources: when x has N = B * g rows, e.g. beams, the g rows of a source
     are folded into its query axis rather than tiling k/v g times); extended by self-attention,
@@ -133,23 +146,30 @@ class Attention(Module):
     preallocated (N,H,L,K) buffer at that position.
     """
 
-    def __init__(self, config: PretrainedConfig, *, gpt2: bool, cross: bool, layer_idx: int = 0, name: str):
+    NAMES = {"bert": ("query", "key", "value", None), "distilbert": _linear_names("lin"), "bart": _linear_names("proj")}
+
+    def __init__(self, config: PretrainedConfig, *, cross: bool, layer_idx: int = 0, name: str):
         super().__init__(name)
         d, kv_in = config.hidden_size, config.cross_width if cross else config.hidden_size
-        self.n_heads, self.head_dim, self.gpt2, self.cross = config.num_attention_heads, config.head_dim, gpt2, cross
+        self.n_heads, self.head_dim, self.cross = config.num_attention_heads, config.head_dim, cross
+        self.layout, self.gpt2 = config.layout, config.layout == "gpt2"
         self.attn_dropout, self.resid_dropout = config.attn_dropout, config.hidden_dropout
         self.scale = config.attention_scale(layer_idx)
-        if gpt2:
+        self.relative = None if cross else config.relative_attention
+        if self.relative:
+            self.offset = config.relative_distances // 2  # distance 0's row
+            self.distance_embedding = Embedding(config.relative_distances, config.head_dim, "distance_embedding")
+        if self.gpt2:
             if cross:
                 self.q_attn = Conv1D(d, d, "q_attn")
                 self.c_attn = Conv1D(kv_in, 2 * d, "c_attn")
             else:
                 self.c_attn = Conv1D(d, 3 * d, "c_attn")
             self.c_proj = Conv1D(d, d, "c_proj")
-        else:
-            self.query = Dense(d, d, "query")
-            self.key = Dense(kv_in, d, "key")
-            self.value = Dense(kv_in, d, "value")
+            return
+        q, k, v, out = self.NAMES[self.layout]
+        self.query, self.key, self.value = Dense(d, d, q), Dense(kv_in, d, k), Dense(kv_in, d, v)
+        self.out = Dense(d, d, out) if out else None
 
     def _split(self, x):
         b, t = dims(x)[:2]
@@ -196,14 +216,37 @@ class Attention(Module):
             b = dims(k)[0]
             q = tf.transpose(tf.reshape(q, (b, n // b, h, t, hd)), (0, 2, 1, 3, 4))  # (B,H,g,T,K)
             q = tf.reshape(q, (b, h, -1, hd))  # (B,H,g*T,K)
-        ctx, probs = attend(q, k, v, attn_mask, scale=self.scale, rate=self.attn_dropout, training=training)
+        extra = None
+        if self.relative:
+            extra = self._relative(q, k, past if cache_index is None else cache_index)
+        ctx, probs = attend(
+            q, k, v, attn_mask, scale=self.scale, rate=self.attn_dropout, training=training, extra=extra
+        )
         if fold:  # (B,H,g*T,.) -> (N,H,T,.)
             ctx, probs = _unfold(ctx, n, t), (_unfold(probs, n, t) if need_weights else probs)
         b, _, t, _ = dims(ctx)
         ctx = tf.reshape(tf.transpose(ctx, (0, 2, 1, 3)), (b, t, self.n_heads * self.head_dim))  # (B,T,D)
         if self.gpt2:
             ctx = dropout(self.c_proj(ctx), self.resid_dropout, training)
+        elif self.out is not None:
+            ctx = dropout(self.out(ctx), self.resid_dropout, training)
         return ctx, ((k, v) if use_cache else None), (probs if need_weights else None)
+
+    def _relative(self, q, k, past):
+        """BERT's relative terms (N,H,T,S): queries at ``past + arange(T)``, keys at ``arange(S)``."""
+        t, s = dims(q)[2], dims(k)[2]
+        if past is None:
+            start = 0
+        elif isinstance(past, (tuple, list)):  # growing cache: the keys before this step's T
+            start = s - t
+        else:
+            start = tf.cast(past, tf.int32)
+        dist = (start + tf.range(t))[:, None] - tf.range(s)[None, :]  # (T,S)
+        e = self.distance_embedding(dist + self.offset)  # (T,S,K)
+        extra = tf.einsum("nhtd,tsd->nhts", q, e)
+        if self.relative == "relative_key_query":
+            extra = extra + tf.einsum("nhsd,tsd->nhts", k, e)
+        return extra
 
 
 def _shared_rows(q, k) -> bool:
@@ -236,72 +279,110 @@ class AttentionSublayer(Module):
 
     def __init__(self, config: PretrainedConfig, *, cross: bool, name: str):
         super().__init__(name)
-        self.self = Attention(config, gpt2=False, cross=cross, name="self")
+        self.self = Attention(config, cross=cross, name="self")
         self.output_ = AddNorm(config, config.hidden_size)
 
 
 class FeedForward(Module):
-    """Position-wise MLP: BERT's ``intermediate.dense`` (the output half is an AddNorm) or GPT-2's ``mlp``."""
+    """Position-wise MLP: BERT's ``intermediate.dense`` (the output half is an AddNorm), GPT-2's ``mlp``
+    (``c_fc``, ``c_proj``) or DistilBERT's ``ffn`` (``lin1``, ``lin2``); BART's ``fc1``/``fc2`` sit in its block.
+    """
 
-    def __init__(self, config: PretrainedConfig, *, gpt2: bool, name: str):
+    def __init__(self, config: PretrainedConfig, name: str):
         super().__init__(name)
         d, i = config.hidden_size, config.intermediate_size
-        self.gpt2 = gpt2
-        if gpt2:
+        self.act, self.rate = activation(config.act_name), config.hidden_dropout
+        if config.layout == "gpt2":
             self.c_fc, self.c_proj = Conv1D(d, i, "c_fc"), Conv1D(i, d, "c_proj")
-            self.rate = config.hidden_dropout
-            self.act = activation(config.act_name)
+            self.pair = ("c_fc", "c_proj")
+        elif config.layout == "distilbert":
+            self.lin1, self.lin2 = Dense(d, i, "lin1"), Dense(i, d, "lin2")
+            self.pair = ("lin1", "lin2")
         else:
             self.dense = Dense(d, i, "dense")
-            self.act = activation(config.act_name)
+            self.pair = None
 
     def call(self, x, training=False):
-        if self.gpt2:
-            return dropout(self.c_proj(self.act(self.c_fc(x))), self.rate, training)
-        return self.act(self.dense(x))  # (B,T,I)
+        if self.pair is None:
+            return self.act(self.dense(x))  # (B,T,I)
+        return mlp(x, *(getattr(self, n) for n in self.pair), self.act, self.rate, training)
+
+
+def mlp(x, fc_in, fc_out, act, rate: float, training: bool):
+    """dropout(fc_out(act(fc_in(x)))): the feed-forward of the layouts whose residual is added by the block."""
+    return dropout(fc_out(act(fc_in(x))), rate, training)
+
+
+# the layouts whose blocks name their sublayers flat: (self-attention, its norm, cross, its norm, FFN, its norm)
+FLAT_NAMES = {
+    "gpt2": ("attn", "ln_1", "crossattention", "ln_cross_attn", "mlp", "ln_2"),
+    "distilbert": ("attention", "sa_layer_norm", None, None, "ffn", "output_layer_norm"),
+    "bart": ("self_attn", "self_attn_layer_norm", "encoder_attn", "encoder_attn_layer_norm", None, "final_layer_norm"),
+}
 
 
 class Block(Module):
     """One transformer layer: self-attention, optional cross-attention, feed-forward.
 
-    ``gpt2=False``: BERT post-LN (``x = LN(x + f(x))``); ``gpt2=True``: GPT-2 pre-LN
-    (``x = x + f(LN(x))``). Cross-attention exists when the config has ``add_cross_attention``
-    and runs when encoder states, or their cached keys/values, are given.
+    BERT layout: post-LN ``x = LN(x + f(x))`` through ``attention``/``crossattention``/``output``
+    sublayers. The flat layouts (:data:`FLAT_NAMES`: GPT-2, DistilBERT, BART) hold the attention
+    layers (output projection inside) and a LayerNorm per sublayer, applied before the sublayer
+    when ``config.pre_norm`` (GPT-2, MBart: ``x = x + f(LN(x))``) or after the residual sum
+    (DistilBERT, BART). Cross-attention exists when ``config.has_cross_attention`` and runs when
+    encoder states, or their cached keys/values, are given.
     """
 
-    def __init__(self, config: PretrainedConfig, layer_idx: int, *, gpt2: bool, name: str):
+    def __init__(self, config: PretrainedConfig, layer_idx: int, name: str):
         super().__init__(name)
-        self.gpt2, self.has_cross = gpt2, bool(config.add_cross_attention)
+        self.has_cross, self.pre_norm = config.has_cross_attention, config.pre_norm
+        self.flat = FLAT_NAMES.get(config.layout)
         d, eps = config.hidden_size, config.norm_eps
-        if gpt2:
-            self.ln_1 = LayerNorm(d, eps, "ln_1")
-            self.attn = Attention(config, gpt2=True, cross=False, layer_idx=layer_idx, name="attn")
-            if self.has_cross:
-                self.crossattention = Attention(
-                    config, gpt2=True, cross=True, layer_idx=layer_idx, name="crossattention"
-                )
-                self.ln_cross_attn = LayerNorm(d, eps, "ln_cross_attn")
-            self.ln_2 = LayerNorm(d, eps, "ln_2")
-            self.mlp = FeedForward(config, gpt2=True, name="mlp")
-        else:
+        if self.flat is None:  # BERT
             self.attention = AttentionSublayer(config, cross=False, name="attention")
             if self.has_cross:
                 self.crossattention = AttentionSublayer(config, cross=True, name="crossattention")
-            self.intermediate = FeedForward(config, gpt2=False, name="intermediate")
+            self.intermediate = FeedForward(config, name="intermediate")
             self.output_ = AddNorm(config, config.intermediate_size)
+            return
+        attn, ln_attn, cross, ln_cross, ffn, ln_ffn = self.flat
+        setattr(self, attn, Attention(config, cross=False, layer_idx=layer_idx, name=attn))
+        setattr(self, ln_attn, LayerNorm(d, eps, ln_attn))
+        if self.has_cross:
+            setattr(self, cross, Attention(config, cross=True, layer_idx=layer_idx, name=cross))
+            setattr(self, ln_cross, LayerNorm(d, eps, ln_cross))
+        if ffn is None:  # BART: fc1 / fc2 on the block
+            self.fc1 = Dense(d, config.intermediate_size, "fc1")
+            self.fc2 = Dense(config.intermediate_size, d, "fc2")
+            self.act, self.rate = activation(config.act_name), config.hidden_dropout
+        else:
+            setattr(self, ffn, FeedForward(config, name=ffn))
+        setattr(self, ln_ffn, LayerNorm(d, eps, ln_ffn))
+
+    def ffn_call(self, x, training=False):
+        if self.flat[4] is None:
+            return mlp(x, self.fc1, self.fc2, self.act, self.rate, training)
+        return getattr(self, self.flat[4])(x, training=training)
 
     def attention_layers(self) -> tuple[Attention, Attention | None]:
         """(self-attention, cross-attention or None): the layers that own this block's cache."""
-        cross = getattr(self, "crossattention", None)
-        if self.gpt2:
-            return self.attn, cross
-        return self.attention.self, (cross.self if cross is not None else None)
+        if self.flat is None:
+            cross = getattr(self, "crossattention", None)
+            return self.attention.self, (cross.self if cross is not None else None)
+        return getattr(self, self.flat[0]), (getattr(self, self.flat[2]) if self.has_cross else None)
 
-    def _sublayer(self, x, norm, attn, out, training, **kw):
-        """Run one attention sublayer in this block's LayerNorm order."""
-        if self.gpt2:
-            ctx, present, probs = attn(norm(x), training=training, **kw)
-            return x + ctx, present, probs
+    def _norm(self, k: int):
+        return getattr(self, self.flat[k]) if self.flat else None
+
+    def _residual(self, x, norm, f):
+        """x + f(x) with this block's LayerNorm order; ``f`` returns (y, *rest)."""
+        y, *rest = f(norm(x) if self.pre_norm else x)
+        return ((x + y) if self.pre_norm else norm(x + y)), rest
+
+    def _sublayer(self, x, k, attn, out, training, **kw):
+        """Run one attention sublayer (``k``: 1 self, 3 cross, the index of its norm in the names)."""
+        if self.flat is not None:
+            x, (present, probs) = self._residual(x, self._norm(k), lambda h: attn(h, training=training, **kw))
+            return x, present, probs
         ctx, present, probs = attn(x, training=training, **kw)
         return out(ctx, x, training=training), present, probs
 
@@ -318,14 +399,14 @@ class Block(Module):
         training=False,
     ):
         """x (B,T,D) -> (x, present (self k, self v[, cross k, cross v]) or None, self probs, cross probs)."""
-        g = self.gpt2
+        bert = self.flat is None
         kw = dict(use_cache=use_cache, need_weights=need_weights, training=training)
         self_attn, cross_attn = self.attention_layers()
         x, present, p_self = self._sublayer(
             x,
-            getattr(self, "ln_1", None),
+            1,
             self_attn,
-            None if g else self.attention.output_,
+            self.attention.output_ if bert else None,
             attn_mask=attn_mask,
             past=None if past is None else past[:2],
             cache_index=cache_index,
@@ -336,19 +417,19 @@ class Block(Module):
         if self.has_cross and (enc is not None or cross_past is not None):
             x, present_x, p_cross = self._sublayer(
                 x,
-                getattr(self, "ln_cross_attn", None),
+                3,
                 cross_attn,
-                None if g else self.crossattention.output_,
+                self.crossattention.output_ if bert else None,
                 attn_mask=cross_mask,
                 kv=enc,
                 past=cross_past,
                 **kw,
             )
             present = present + present_x if use_cache else None
-        if g:
-            x = x + self.mlp(self.ln_2(x), training=training)
-        else:
+        if bert:
             x = self.output_(self.intermediate(x), x, training=training)
+        else:
+            x, _ = self._residual(x, self._norm(5), lambda h: (self.ffn_call(h, training=training),))
         return x, present, p_self, p_cross
 
 
@@ -384,36 +465,19 @@ def cross_attention_mask(encoder_attention_mask):
     return additive_mask(tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :])
 
 
-def run_blocks(
-    blocks,
-    x,
-    *,
-    mask,
-    enc,
-    enc_mask,
-    past_key_values,
-    cache_index,
-    use_cache,
-    output_attentions,
-    output_hidden_states,
-    training,
-):
-    """Run the layer stack, collecting hidden states, attentions and the cache as HF does."""
-    hidden, attns, cross_attns, presents = [], [], [], []
-    for i, block in enumerate(blocks):
-        if output_hidden_states:
-            hidden.append(x)
+def run_blocks(blocks, x, mask, enc, enc_mask, past_key_values, cache_index, flags, training):
+    """Run the layer stack (:func:`encdec_core.outputs.run_layers`); flags: (use_cache, attentions, hidden states)."""
+    use_cache, output_attentions, output_hidden_states = flags
+
+    def step(i, block, x):
         past = None if past_key_values is None else past_key_values[i]
-        x, present, p_self, p_cross = block(
-            x, mask, enc, enc_mask, past, cache_index, use_cache, output_attentions, training=training
-        )
-        presents.append(present)
-        attns.append(p_self)
-        cross_attns.append(p_cross)
-    has_cross = any(p is not None for p in cross_attns)
-    return x, {
-        "hidden_states": hidden,
-        "past_key_values": tuple(presents) if use_cache else None,
-        "attentions": tuple(attns) if output_attentions else None,
-        "cross_attentions": tuple(cross_attns) if output_attentions and has_cross else None,
-    }
+        return block(x, mask, enc, enc_mask, past, cache_index, use_cache, output_attentions, training=training)
+
+    return run_layers(
+        blocks,
+        x,
+        step,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+        keep_presents=use_cache,
+    )

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from encdec_core import driver
-from encdec_core.configs import BertConfig, GPT2Config, RobertaConfig
+from encdec_core import calls, driver
+from encdec_core.configs import (
+    BartConfig,
+    BertConfig,
+    BertGenerationConfig,
+    CamembertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    GPT2Config,
+    MBartConfig,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
 from encdec_core.errors import InputError
 from encdec_core.outputs import BaseModelOutput
 from encdec_core.registry import register_model
@@ -40,23 +51,31 @@ def roberta_position_ids(input_ids, padding_idx: int, past=0):
 
 
 class Embeddings(Module):
-    """BERT/RoBERTa input embeddings: word + position + token type, then LayerNorm."""
+    """BERT-family input embeddings: word + position [+ token type], then LayerNorm, of width ``embed_width``.
 
-    def __init__(self, config: BertConfig, name: str = "embeddings"):
+    Positions: RoBERTa's rule (``position_rule``) or 0, 1, ...; BERT's relative attention does not
+    add the (still stored) absolute table. No token-type table when ``config.token_types`` is 0
+    (BertGeneration, DistilBERT): such a model takes no ``token_type_ids``.
+    """
+
+    def __init__(self, config, name: str = "embeddings"):
         super().__init__(name)
-        self.roberta = isinstance(config, RobertaConfig)
-        d, pad = config.hidden_size, config.pad_token_id
-        self.padding_idx = pad
+        self.roberta = config.position_rule == "roberta"
+        self.absolute = not config.relative_attention
+        d, pad = config.embed_width, config.pad_token_id
+        self.padding_idx, self.model_type = pad, config.model_type
         self.word_embeddings = Embedding(config.vocab_size, d, "word_embeddings", leaf="weight", padding_idx=pad)
         self.position_embeddings = Embedding(
             config.num_positions, d, "position_embeddings", padding_idx=pad if self.roberta else None
         )
-        self.token_type_embeddings = Embedding(config.type_vocab_size, d, "token_type_embeddings")
+        self.token_type_embeddings = (
+            Embedding(config.token_types, d, "token_type_embeddings") if config.token_types else None
+        )
         self.LayerNorm = LayerNorm(d, config.norm_eps, "LayerNorm")
         self.rate = config.embed_dropout
 
     def call(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, past=0, training=False):
-        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,D)
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B,T,W)
         b, t = dims(x)[:2]
         if position_ids is None:
             if self.roberta and input_ids is not None:
@@ -64,18 +83,23 @@ class Embeddings(Module):
             else:  # RoBERTa from embeddings: sequential after padding_idx, as HF
                 start = tf.cast(past, tf.int32) + (self.padding_idx + 1 if self.roberta else 0)
                 position_ids = (start + tf.range(t))[None]
-        if token_type_ids is None:
-            token_type_ids = tf.zeros((b, t), tf.int32)
-        x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = tf.zeros((b, t), tf.int32)
+            x = x + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise InputError(f"token_type_ids: a {self.model_type!r} model has no token types; pass none")
+        if self.absolute:
+            x = x + self.position_embeddings(position_ids)
         return dropout(self.LayerNorm(x), self.rate, training)
 
 
 class Encoder(Module):
-    """BERT's layer stack (``encoder/layer_._{i}``)."""
+    """The BERT-family layer stack (``encoder/layer_._{i}``; DistilBERT's ``transformer/layer_._{i}``)."""
 
-    def __init__(self, config: BertConfig, name: str = "encoder"):
+    def __init__(self, config, name: str = "encoder"):
         super().__init__(name)
-        self.layer = [Block(config, i, gpt2=False, name=f"layer_._{i}") for i in range(config.num_hidden_layers)]
+        self.layer = [Block(config, i, name=f"layer_._{i}") for i in range(config.num_layers)]
 
 
 class Pooler(Module):
@@ -109,48 +133,29 @@ class BaseModel(PreTrainedModel):
     def pool(self, x):
         return None
 
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    @calls.signature("base", training=False)
+    def call(self, a):
         """HF's base-model call; ``past_key_values`` is HF's tuples or a :class:`DecoderCache` (then updated)."""
-        check_ids(self.config, input_ids, "input_ids")
+        check_ids(self.config, a.input_ids, "input_ids")
         output_attentions, output_hidden_states, return_dict = driver.output_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
+            self.config, a.output_attentions, a.output_hidden_states, a.return_dict
         )
-        use_cache = bool(use_cache if use_cache is not None else self.config.use_cache) and self.causal()
-        past, cache_index, pasts, encoder_attention_mask = past_state(past_key_values, encoder_attention_mask)
-        x = self.embed(input_ids, position_ids, token_type_ids, inputs_embeds, past, training)  # (B,T,D)
+        # an encoder-only config (DistilBERT) has no use_cache
+        use_cache = self.causal() and bool(a.use_cache if a.use_cache is not None else self.config.use_cache)
+        past_key_values, training = a.past_key_values, a.training
+        past, cache_index, pasts, encoder_attention_mask = past_state(past_key_values, a.encoder_attention_mask)
+        x = self.embed(a.input_ids, a.position_ids, a.token_type_ids, a.inputs_embeds, past, training)  # (B,T,D)
         t = dims(x)[1]
         check_room(past_key_values, t)
         key_len = past + t if cache_index is None else past_key_values.max_length
-        mask = self_attention_mask(attention_mask, t, key_len, past, causal=self.causal())
+        mask = self_attention_mask(a.attention_mask, t, key_len, past, causal=self.causal())
+        encoder_hidden_states = a.encoder_hidden_states
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = tf.ones(dims(encoder_hidden_states)[:2], tf.int32)
+        flags = (use_cache or cache_index is not None, output_attentions, output_hidden_states)
+        enc_mask = cross_attention_mask(encoder_attention_mask)
         x, extra = run_blocks(
-            self.blocks(),
-            x,
-            mask=mask,
-            enc=encoder_hidden_states,
-            enc_mask=cross_attention_mask(encoder_attention_mask),
-            past_key_values=pasts,
-            cache_index=cache_index,
-            use_cache=use_cache or cache_index is not None,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+            self.blocks(), x, mask, encoder_hidden_states, enc_mask, pasts, cache_index, flags, training
         )
         x = self.final(x)
         presents = extra["past_key_values"]
@@ -197,8 +202,12 @@ class BertModel(BaseModel):
     ):
         super().__init__(config, scope=scope, name=name)
         self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
-        self.pooler = Pooler(config) if add_pooling_layer else None
+        if config.projects_embeddings:  # ELECTRA: embedding width -> hidden size
+            self.embeddings_project = Dense(config.embed_width, config.hidden_size, "embeddings_project")
+        # the layer stack: "encoder", DistilBERT's "transformer"
+        self.encoder = Encoder(config, name="transformer" if config.layout == "distilbert" else "encoder")
+        has_pooler = add_pooling_layer and bool(architecture(config.model_type).pooler)
+        self.pooler = Pooler(config) if has_pooler else None
         self._finish_init()
 
     def blocks(self) -> list[Block]:
@@ -211,7 +220,8 @@ class BertModel(BaseModel):
         return self.embeddings.word_embeddings
 
     def embed(self, input_ids, position_ids, token_type_ids, inputs_embeds, past, training):
-        return self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds, past, training=training)
+        x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds, past, training=training)
+        return self.embeddings_project(x) if self.config.projects_embeddings else x
 
     def pool(self, x):
         return self.pooler(x) if self.pooler is not None else None
@@ -224,6 +234,25 @@ class RobertaModel(BertModel):
     config_class = RobertaConfig
 
 
+def _variant(name: str, base: type, config_class: type, role: str, doc: str, **attrs) -> type:
+    """A class that is ``base`` with another config class (and base model), registered for its model type."""
+    cls = type(name, (base,), {"config_class": config_class, "__doc__": doc, "__module__": __name__, **attrs})
+    return register_model("tf", config_class.model_type, role)(cls)
+
+
+XLMRobertaModel = _variant("XLMRobertaModel", RobertaModel, XLMRobertaConfig, "encoder", "XLM-RoBERTa: RoBERTa.")
+CamembertModel = _variant("CamembertModel", RobertaModel, CamembertConfig, "encoder", "CamemBERT: RoBERTa.")
+BertGenerationEncoder = _variant(
+    "BertGenerationEncoder", BertModel, BertGenerationConfig, "encoder", "BertGeneration: no token types, no pooler."
+)
+DistilBertModel = _variant(
+    "DistilBertModel", BertModel, DistilBertConfig, "encoder", "DistilBERT: no token types, transformer/layer_._{i}."
+)
+ElectraModel = _variant(
+    "ElectraModel", BertModel, ElectraConfig, "encoder", "ELECTRA: embeddings of width embedding_size, projected."
+)
+
+
 @register_model("tf", "gpt2", "encoder")
 class GPT2Model(BaseModel):
     """GPT-2's transformer: token + position embeddings, pre-LN blocks, final LayerNorm."""
@@ -234,7 +263,7 @@ class GPT2Model(BaseModel):
         super().__init__(config, scope=scope, name=name)
         self.wte = Embedding(config.vocab_size, config.hidden_size, "wte")
         self.wpe = Embedding(config.num_positions, config.hidden_size, "wpe")
-        self.h = [Block(config, i, gpt2=True, name=f"h_._{i}") for i in range(config.num_hidden_layers)]
+        self.h = [Block(config, i, name=f"h_._{i}") for i in range(config.num_layers)]
         self.ln_f = LayerNorm(config.hidden_size, config.norm_eps, "ln_f")
         self.pooler = None
         self._finish_init()
@@ -258,35 +287,71 @@ class GPT2Model(BaseModel):
         return self.ln_f(x)
 
 
-class LMHead(Module):
-    """dense -> activation -> LayerNorm -> vocabulary projection (the word embeddings, transposed) + bias.
+class BartDecoder(BaseModel):
+    """BART / MBart's decoder (``model/decoder``): scaled token + offset position embeddings, layernorm_embedding,
+    post-LN (BART) or pre-LN (MBart, then a final ``layer_norm``) blocks with cross-attention.
 
-    BERT nests it as ``mlm___cls/predictions/{transform/dense, transform/LayerNorm, bias}``,
-    RoBERTa flat as ``lm_head/{dense, layer_norm, bias}``: same math, HF's names.
+    Positions are ``past + arange(T)`` whatever the padding, read ``position_offset`` rows into the table.
     """
 
-    def __init__(self, config: BertConfig, *, bert_names: bool, name: str):
-        super().__init__(name)
-        d, eps = config.hidden_size, config.norm_eps
-        self.bert_names = bert_names
-        if bert_names:
-            self.transform = Module("transform")
-            self.transform.dense = Dense(d, d, "dense")
-            self.transform.LayerNorm = LayerNorm(d, eps, "LayerNorm")
-            self.act = activation(config.act_name)
-        else:
-            self.dense = Dense(d, d, "dense")
-            self.layer_norm = LayerNorm(d, eps, "layer_norm")
-            self.act = activation("gelu")  # RoBERTa's head always uses exact GELU
-        self.param_specs = (("bias", (config.vocab_size,), "zeros"),)
+    config_class = BartConfig
 
-    def call(self, x, project):
-        """x (B,T,D) -> logits (B,T,V); ``project`` is the LM's output matrix (tied or not)."""
-        if self.bert_names:
-            x = self.transform.LayerNorm(self.act(self.transform.dense(x)))
-        else:
-            x = self.layer_norm(self.act(self.dense(x)))
-        return project(x) + self.bias
+    def __init__(self, config: BartConfig, scope: str | None = None, name: str | None = None):
+        super().__init__(config, scope=scope, name=name)
+        d = config.hidden_size
+        self.embed_tokens = Embedding(config.vocab_size, d, "embed_tokens", padding_idx=config.pad_token_id)
+        self.embed_positions = Embedding(config.num_positions, d, "embed_positions")
+        self.layernorm_embedding = LayerNorm(d, config.norm_eps, "layernorm_embedding")
+        self.blocks_ = [Block(config, i, name=f"layers_._{i}") for i in range(config.num_layers)]
+        self.layer_norm = LayerNorm(d, config.norm_eps, "layer_norm") if config.final_norm else None
+        self.pooler = None
+        self._finish_init()
+
+    def blocks(self) -> list[Block]:
+        return self.blocks_
+
+    def get_input_embeddings(self) -> Embedding:
+        return self.embed_tokens
+
+    def embed(self, input_ids, position_ids, token_type_ids, inputs_embeds, past, training):
+        if token_type_ids is not None:
+            raise InputError(f"token_type_ids: a {self.config.model_type!r} decoder has no token types; pass none")
+        # the scale is the token embedding's (HF's BartScaledWordEmbedding): inputs_embeds are taken as given
+        x = self.embed_tokens(input_ids) * self.config.embed_scale if inputs_embeds is None else inputs_embeds
+        if position_ids is None:
+            position_ids = (tf.cast(past, tf.int32) + tf.range(dims(x)[1]))[None]
+        x = x + self.embed_positions(position_ids + self.config.position_offset)
+        return dropout(self.layernorm_embedding(x), self.config.embed_dropout, training)
+
+    def final(self, x):
+        return self.layer_norm(x) if self.layer_norm is not None else x
+
+
+class LMHead(Module):
+    """[dense -> activation -> LayerNorm] -> [vocabulary projection + bias]: the heads of the BERT family.
+
+    ``transform``: the dense (to ``width``) / activation / LayerNorm (named ``norm``) part;
+    ``bias``: the vocabulary bias, added after the projection. BERT nests them as
+    ``mlm___cls/predictions/{transform/..., bias}``, RoBERTa flat as ``lm_head/{dense, layer_norm,
+    bias}``, BertGeneration has ``lm_head/bias`` only, ELECTRA ``generator_predictions`` (transform)
+    and ``generator_lm_head`` (bias, and its own matrix ``kernel`` when untied).
+    """
+
+    def __init__(self, config, name: str, *, transform=False, norm="LayerNorm", act="gelu", width=None, bias=True):
+        super().__init__(name)
+        d, eps, width = config.hidden_size, config.norm_eps, width or config.hidden_size
+        self.transform_, self.norm = transform, norm
+        if transform:
+            self.dense = Dense(d, width, "dense")
+            setattr(self, norm, LayerNorm(width, eps, norm))
+            self.act = activation(act)
+        self.param_specs = (("bias", (config.vocab_size,), "zeros"),) if bias else ()
+
+    def call(self, x, project=None):
+        """x (B,T,D) -> the transformed states, or the logits (B,T,V) by ``project`` (the LM's output matrix)."""
+        if self.transform_:
+            x = getattr(self, self.norm)(self.act(self.dense(x)))
+        return x if project is None else project(x) + self.bias
 
 
 def causal_lm_loss(logits, labels):
@@ -294,15 +359,19 @@ def causal_lm_loss(logits, labels):
     return masked_cross_entropy(logits[:, :-1], labels[:, 1:])
 
 
-def masked_cross_entropy(logits, labels):
-    """Mean cross-entropy over the tokens whose label is not -100 (PyTorch's ``ignore_index``)."""
+def masked_cross_entropy(logits, labels, num_items_in_batch=None):
+    """Mean cross-entropy over the tokens whose label is not -100 (PyTorch's ``ignore_index``).
+
+    With ``num_items_in_batch`` (the label tokens of a whole accumulated batch), their sum divided by it.
+    """
     labels = tf.convert_to_tensor(labels)
     keep = tf.not_equal(labels, -100)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.where(keep, labels, tf.zeros_like(labels)), logits=tf.cast(logits, tf.float32)
     )  # (B,T)
     keep = tf.cast(keep, tf.float32)
-    return tf.reduce_sum(ce * keep) / tf.reduce_sum(keep)
+    total = tf.reduce_sum(keep) if num_items_in_batch is None else tf.cast(num_items_in_batch, tf.float32)
+    return tf.reduce_sum(ce * keep) / total
 
 
 class CausalLM(PreTrainedModel):
@@ -338,42 +407,14 @@ class CausalLM(PreTrainedModel):
         """See :meth:`BaseModel.init_cache`."""
         return self._base().init_cache(batch_size, max_length, encoder_hidden_states, encoder_attention_mask)
 
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        labels=None,
-        return_dict=None,
-        position_ids=None,
-        inputs_embeds=None,
-        token_type_ids=None,
-        training=False,
-    ):
-        base = self._base()(  # by name: Keras takes only tensors positionally
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            training=training,
-        )
+    @calls.signature("causal_lm", training=False)
+    def call(self, a):
+        # by name: Keras takes only tensors positionally
+        base = self._base()(**{n: getattr(a, n) for n in calls.TO_BASE}, return_dict=True, training=a.training)
         logits = self.head_logits(base.last_hidden_state)  # (B,T,V)
-        loss = None if labels is None else causal_lm_loss(logits, labels)
+        loss = None if a.labels is None else causal_lm_loss(logits, a.labels)
         return driver.causal_lm_output(
-            base, logits, loss, self.config.return_dict if return_dict is None else return_dict
+            base, logits, loss, self.config.return_dict if a.return_dict is None else a.return_dict
         )
 
 
@@ -386,7 +427,8 @@ class BertLMHeadModel(CausalLM):
         super().__init__(config, name=name)
         self.bert = self._make_base(BertModel, config, add_pooling_layer=False)
         self.cls = Module("mlm___cls")  # HF-TF's name of BERT's ``cls``
-        self.cls.predictions = LMHead(config, bert_names=True, name="predictions")
+        self.cls.predictions = LMHead(config, "predictions")
+        self.cls.predictions.transform = LMHead(config, "transform", transform=True, act=config.act_name, bias=False)
         if not config.tie_word_embeddings:
             self.decoder = Dense(config.hidden_size, config.vocab_size, "decoder", use_bias=False)
             self.decoder.tf_path = "cls/predictions/decoder"  # the table's name of an untied BERT output matrix
@@ -396,18 +438,20 @@ class BertLMHeadModel(CausalLM):
         return self.get_input_embeddings() if self.config.tie_word_embeddings else self.decoder
 
     def head_logits(self, x):
-        return self.cls.predictions(x, self.project)
+        return self.cls.predictions(self.cls.predictions.transform(x), self.project)
 
 
 @register_model("tf", "roberta", "decoder")
 class RobertaForCausalLM(CausalLM):
     config_class = RobertaConfig
     base_model_prefix = "roberta"
+    base_class = RobertaModel
 
     def __init__(self, config: RobertaConfig, name: str | None = None):
         super().__init__(config, name=name)
-        self.roberta = self._make_base(RobertaModel, config, add_pooling_layer=False)
-        self.lm_head = LMHead(config, bert_names=False, name="lm_head")
+        self.roberta = self._make_base(self.base_class, config, add_pooling_layer=False)
+        # RoBERTa's head always uses exact GELU
+        self.lm_head = LMHead(config, "lm_head", transform=True, norm="layer_norm")
         if not config.tie_word_embeddings:
             self.lm_head.decoder = Dense(config.hidden_size, config.vocab_size, "decoder", use_bias=False)
         self._finish_init()
@@ -419,14 +463,76 @@ class RobertaForCausalLM(CausalLM):
         return self.lm_head(x, self.project)
 
 
+XLMRobertaForCausalLM = _variant(
+    "XLMRobertaForCausalLM", RobertaForCausalLM, XLMRobertaConfig, "decoder", "XLM-R's LM.", base_class=XLMRobertaModel
+)
+CamembertForCausalLM = _variant(
+    "CamembertForCausalLM", RobertaForCausalLM, CamembertConfig, "decoder", "CamemBERT's LM.", base_class=CamembertModel
+)
+
+
+@register_model("tf", "bert-generation", "decoder")
+class BertGenerationDecoder(CausalLM):
+    """BertGeneration's LM: the base under ``bert`` and ``lm_head`` = the output matrix + ``lm_head/bias``."""
+
+    config_class = BertGenerationConfig
+    base_model_prefix = "bert"
+
+    def __init__(self, config: BertGenerationConfig, name: str | None = None):
+        super().__init__(config, name=name)
+        self.bert = self._make_base(BertGenerationEncoder, config)
+        self.lm_head = LMHead(config, "lm_head")
+        if not config.tie_word_embeddings:
+            self.lm_head.decoder = Dense(config.hidden_size, config.vocab_size, "decoder", use_bias=False)
+        self._finish_init()
+
+    def get_output_embeddings(self):
+        return self.get_input_embeddings() if self.config.tie_word_embeddings else self.lm_head.decoder
+
+    def head_logits(self, x):
+        return self.lm_head(x, self.project)
+
+
+@register_model("tf", "electra", "decoder")
+class ElectraForCausalLM(CausalLM):
+    """ELECTRA's generator: ``generator_predictions`` (dense to embed_width, GELU, LayerNorm), then
+    ``generator_lm_head``: the (V, embed_width) word embeddings when tied, else its own ``kernel``, plus its bias.
+    """
+
+    config_class = ElectraConfig
+    base_model_prefix = "electra"
+
+    def __init__(self, config: ElectraConfig, name: str | None = None):
+        super().__init__(config, name=name)
+        self.electra = self._make_base(ElectraModel, config)
+        w = config.embed_width
+        self.generator_predictions = LMHead(config, "generator_predictions", transform=True, width=w, bias=False)
+        self.generator_lm_head = LMHead(config, "generator_lm_head")
+        if not config.tie_word_embeddings:  # generator_lm_head/kernel: its own (embed_width, V) matrix
+            self.generator_lm_head.param_specs += (("kernel", (w, config.vocab_size), "normal"),)
+        self._finish_init()
+
+    def get_output_embeddings(self):
+        return self.get_input_embeddings() if self.config.tie_word_embeddings else self.generator_lm_head
+
+    def project(self, x):
+        if self.config.tie_word_embeddings:
+            return super().project(x)
+        return tf.matmul(x, self.generator_lm_head.kernel)
+
+    def head_logits(self, x):
+        return self.generator_lm_head(self.generator_predictions(x), self.project)
+
+
 @register_model("tf", "gpt2", "decoder")
 class GPT2LMHeadModel(CausalLM):
     config_class = GPT2Config
     base_model_prefix = "transformer"
+    base_class = GPT2Model
 
     def __init__(self, config: GPT2Config, name: str | None = None):
         super().__init__(config, name=name)
-        self.transformer = self._make_base(GPT2Model, config)
+        setattr(self, self.base_model_prefix, self._make_base(self.base_class, config))
         if not config.tie_word_embeddings:
             self.lm_head = Dense(config.hidden_size, config.vocab_size, "lm_head", use_bias=False)
         self._finish_init()
@@ -438,4 +544,23 @@ class GPT2LMHeadModel(CausalLM):
         return self.project(x)
 
 
-__all__ = ["BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM", "GPT2Model", "GPT2LMHeadModel"]
+@register_model("tf", "bart", "decoder")
+class BartForCausalLM(GPT2LMHeadModel):
+    """BART's causal LM: the decoder under ``model/decoder``, ``lm_head`` (no bias) tied to ``embed_tokens``."""
+
+    config_class = BartConfig
+    base_model_prefix = "model"
+    base_class = BartDecoder
+
+
+MBartForCausalLM = _variant(
+    "MBartForCausalLM", BartForCausalLM, MBartConfig, "decoder", "MBart's LM: pre-LN, layer_norm."
+)
+
+
+# the model classes with Transformers' names (BertModel, BertLMHeadModel, ..., MBartForCausalLM)
+__all__ = [
+    n
+    for n, c in list(globals().items())
+    if isinstance(c, type) and issubclass(c, (BaseModel, CausalLM)) and c not in (BaseModel, CausalLM, BartDecoder)
+]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from encdec_core.decoding import build_processors, processor_specs, run_processors, temperature
+from encdec_core.decoding import build_processors, processor_specs, processor_table, run_processors
 from encdec_core.generation import GenerationPlan
 
 Processor = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # (ids (N,L), cur (), scores (N,V)) -> scores
@@ -140,16 +140,7 @@ def top_p(keep: int, p: float) -> Processor:
     return apply
 
 
-PROCESSORS = {
-    "repetition_penalty": repetition_penalty,
-    "no_repeat_ngram": no_repeat_ngram,
-    "bad_words": bad_words,
-    "min_length": min_length,
-    "force": force,
-    "temperature": temperature,
-    "top_k": top_k,
-    "top_p": top_p,
-}
+PROCESSORS = processor_table(globals())  # name -> processor (encdec_core.decoding.PROCESSOR_NAMES)
 
 
 def tf_processors(plan: GenerationPlan, eos: tf.Tensor | None = None) -> list[Processor]:

@@ -29,8 +29,6 @@ from encdec_tf.cache import reorder_cache
 
 # (ids (N,T), cache) -> (logits (N,V), cache): the model's cached decoder step
 Step = Callable[[tf.Tensor, DecoderCache], tuple[tf.Tensor, DecoderCache]]
-_FN = {"all": tf.reduce_all, "any": tf.reduce_any, "min": tf.reduce_min, "max": tf.reduce_max, "sum": tf.reduce_sum}
-_DTYPE = {"id": tf.int32, "float": tf.float32, "bool": tf.bool}
 
 
 class TFOps(Ops):
@@ -63,7 +61,7 @@ class TFOps(Ops):
         return tf.math.top_k(scores + self._gumbel(cur, tf.shape(scores)), k).indices, rng
 
     def full(self, shape, value, kind):
-        value = tf.cast(value, _DTYPE[kind])
+        value = tf.cast(value, self.DTYPE_NAMES[kind])
         return tf.fill(shape, value) if shape else value
 
     def arange(self, n):
@@ -107,7 +105,7 @@ class TFOps(Ops):
         return tf.gather(buf, pos, axis=buf.shape.rank - 1)
 
     def reduce(self, name, x, axis=None, keepdims=False):
-        return _FN[name](x, axis, keepdims=keepdims)
+        return getattr(tf, f"reduce_{name}")(x, axis, keepdims=keepdims)  # tf.reduce_all, ...
 
     def record(self, buf, step, scores):
         if buf.shape.rank != 3:  # a (0,) placeholder: scores not wanted

@@ -76,9 +76,7 @@ def _flax(folder: Path, lr: float):
 
     return (
         model,
-        lambda enc: np.asarray(
-            model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=32)
-        ),
+        lambda enc: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=32).sequences,
         fit,
     )
 

@@ -72,8 +72,8 @@ def main(fixture: str) -> None:
     }
     if hasattr(model, "generate"):
         src = batches[0]["input_ids"]
-        ids = np.asarray(model.generate(src, max_new_tokens=5, params=model.params))
-        ids_sharded = np.asarray(model.generate(src, max_new_tokens=5, params=sharded_params))
+        ids = np.asarray(model.generate(src, max_new_tokens=5, params=model.params).sequences)
+        ids_sharded = np.asarray(model.generate(src, max_new_tokens=5, params=sharded_params).sequences)
         result["generate_equal"] = bool(np.array_equal(ids, ids_sharded))
     print(json.dumps(result))
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,18 @@ PYTHON = sys.executable
 HOST = "127.0.0.1"  # every address of these jobs is the loopback one: nothing leaves the machine
 # one compute thread per process: the job's processes share the CI machine's cores, and OpenMP
 # or Eigen pools sized to all cores in every process oversubscribe them
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
+THREADS = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+}
+# gloo and the c10d store on the loopback interface only, whatever the machine's host name resolves to
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": HOST}
+# what a process prints when a port picked for it was taken between the pick and its bind
+ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98", "failed to bind", "address in use")
+LAUNCH_ATTEMPTS = 3
+LOG_CHARS = 200_000  # per process, printed on failure: every rank's log whole (they are a few KiB)
 
 
 def free_port() -> int:
@@ -42,11 +54,18 @@ def free_port() -> int:
 
 def env(**extra: str) -> dict[str, str]:
     """The environment of one job process: the project importable, few threads, loopback only."""
-    out = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **THREADS, **extra}
+    out = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONFAULTHANDLER": "1",  # a fatal signal (SIGABRT from a C++ thread) dumps every thread's stack to the log
+        **THREADS,
+        **LOOPBACK,
+        **extra,
+    }
     for name in (
         "XLA_FLAGS",
         "TF_CONFIG",
-        "MASTER_ADDR",
         "MASTER_PORT",
         "RANK",
         "WORLD_SIZE",
@@ -111,6 +130,38 @@ def tf_config(ports: list[int], index: int) -> str:
     )
 
 
+def run_on_ports(
+    launch: Callable[[list[int]], tuple[list[list[str]], list[dict[str, str]]]],
+    ports: int,
+    logs: Path,
+    *,
+    timeout: float,
+) -> float:
+    """``run_together`` of ``launch(ports)``, on fresh ports again if a port picked was taken before its bind.
+
+    A port known to every process before the first starts can be taken by another program in
+    between (:func:`free_port`); the process that binds it then fails at once saying so. Only
+    that failure is retried, at most ``LAUNCH_ATTEMPTS`` times, each in its own log folder.
+    """
+    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        cmds, envs = launch([free_port() for _ in range(ports)])
+        folder = logs if attempt == 1 else logs.with_name(f"{logs.name}-retry{attempt}")
+        try:
+            return run_together(cmds, envs, folder, timeout=timeout)
+        except AssertionError as e:
+            text = "\n".join(p.read_text(errors="replace") for p in folder.glob("process*.log")).lower()
+            if attempt == LAUNCH_ATTEMPTS or not any(k in text for k in ADDRESS_IN_USE):
+                raise
+            print(f"attempt {attempt}: a picked port was taken ({str(e).splitlines()[0]}); launching again")
+    raise AssertionError("unreachable")
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"{code} ({signal.Signals(-code).name})"
+    return str(code)
+
+
 def run_together(cmds: list[list[str]], envs: list[dict[str, str]], logs: Path, *, timeout: float) -> float:
     """Start ``cmds`` at once, wait for all; raise with every log if one fails or the deadline passes.
 
@@ -129,7 +180,7 @@ def run_together(cmds: list[list[str]], envs: list[dict[str, str]], logs: Path, 
         while any(p.poll() is None for p in procs):
             bad = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
             if bad:
-                failed = f"process {bad[0]} exited with {procs[bad[0]].returncode}"
+                failed = f"process {bad[0]} exited with {_exit(procs[bad[0]].returncode)}"
                 break
             if time.monotonic() - t0 > timeout:
                 failed = f"still running after {timeout:.0f} s"
@@ -137,14 +188,15 @@ def run_together(cmds: list[list[str]], envs: list[dict[str, str]], logs: Path, 
             time.sleep(0.2)
         else:
             bad = [i for i, p in enumerate(procs) if p.returncode != 0]
-            failed = f"process {bad[0]} exited with {procs[bad[0]].returncode}" if bad else ""
+            failed = f"process {bad[0]} exited with {_exit(procs[bad[0]].returncode)}" if bad else ""
     finally:
         _stop([p for p in procs if p.poll() is None])
         for f in files:
             f.close()
     if failed:
-        tails = "\n".join(
-            f"--- process {i}: {' '.join(c[:6])} ...\n{(logs / f'process{i}.log').read_text()[-6000:]}"
+        codes = ", ".join(f"process {i}: {_exit(p.returncode)}" for i, p in enumerate(procs))
+        tails = f"exit codes after stopping: {codes}\n" + "\n".join(
+            f"--- process {i}: {shlex.join(c)}\n{(logs / f'process{i}.log').read_text(errors='replace')[-LOG_CHARS:]}"
             for i, c in enumerate(cmds)
         )
         raise AssertionError(f"{failed}\n{tails}")

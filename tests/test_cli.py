@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors import safe_open
 
@@ -135,10 +136,18 @@ def test_compose_tie_shares_the_encoder_and_refuses_different_models(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "tied" / "config.json").read_text())["tie_encoder_decoder"] is True
     with safe_open(str(tmp_path / "tied" / "model.safetensors"), "np") as f:
-        assert {k for k in f.keys() if k.startswith("encoder.")} == {
+        keys = set(f.keys())
+        # both copies (Transformers 5 ignores tie_encoder_decoder): every encoder weight is also stored, equal
+        # to the decoder's; the pooler (the decoder has none) is the encoder's own
+        shared = {k for k in keys if k.startswith("encoder.") and not k.startswith("encoder.pooler.")}
+        assert {k for k in keys if k.startswith("encoder.pooler.")} == {
             "encoder.pooler.dense.weight",
             "encoder.pooler.dense.bias",
         }
+        assert len(shared) == 37 and "encoder.embeddings.word_embeddings.weight" in shared
+        for k in shared:
+            twin = "decoder.bert." + k[len("encoder.") :]
+            assert twin in keys and np.array_equal(f.get_tensor(k), f.get_tensor(twin)), k
     bad = _run("compose", str(WARM / "bert"), str(WARM / "gpt2"), str(tmp_path / "bad"), "--tie")
     _clean_error(bad, "compose")
     assert "same kind of model" in bad.stderr

@@ -88,3 +88,46 @@ def test_misfits_adapts_the_base_prefix_and_lists_every_field():
         "wte.weight": ((7, 6), (99, 36), "vocab_size=7, hidden_size=6"),
         "ln_f.weight": ((6,), (36,), "hidden_size=6"),
     }
+
+
+def test_flax_load_parses_its_msgpack_once(monkeypatch, tmp_path):
+    """The fit check's parse of flax_model.msgpack is the one the weights come from; a changed file is parsed again."""
+    import shutil
+
+    import numpy as np
+
+    from encdec_core.formats import flax_msgpack
+    from encdec_flax import FlaxEncoderDecoderModel
+
+    parsed = []
+    parse = flax_msgpack._parse_file
+    monkeypatch.setattr(flax_msgpack, "_parse_file", lambda path: parsed.append(path) or parse(path))
+    folder = tmp_path / "flax"
+    shutil.copytree(FIXTURES / "bert2gpt2" / "flax", folder)
+    model = FlaxEncoderDecoderModel.from_pretrained(folder)
+    assert parsed == [folder / "flax_model.msgpack"]
+    wte = model.params["decoder"]["transformer"]["wte"]["embedding"]
+    stored = flax_msgpack.read_flax_msgpack(folder)["decoder/transformer/wte/embedding"]
+    assert np.array_equal(np.asarray(wte), stored) and len(parsed) == 2  # nothing left waiting: parsed again
+
+    # a parse waiting for a file that changes before the load is not handed over
+    flat = flax_msgpack.read_flax_msgpack(folder)
+    flat["decoder/transformer/wte/embedding"] = flat["decoder/transformer/wte/embedding"] + 1
+    flax_msgpack.write_flax_msgpack(flat, tmp_path / "changed")
+    with flax_msgpack.hand_over():
+        flax_msgpack.read_flax_msgpack(folder)
+    shutil.copy(tmp_path / "changed" / "flax_model.msgpack", folder / "flax_model.msgpack")  # same size, in place
+    count = len(parsed)
+    fresh = flax_msgpack.read_flax_msgpack(folder)["decoder/transformer/wte/embedding"]
+    assert len(parsed) == count + 1 and np.array_equal(fresh, stored + 1)
+
+
+def test_misfit_leaves_no_parse_waiting(tmp_path):
+    from encdec_core.formats import flax_msgpack
+
+    folder = FIXTURES / "bert2gpt2" / "flax"
+    config = load_config(folder)
+    config.encoder.vocab_size = 10**11
+    with pytest.raises(ShapeMismatchError, match="vocab_size=100000000000"):
+        check_config_fits(config, folder, accept=("msgpack",))
+    assert not flax_msgpack._handoff

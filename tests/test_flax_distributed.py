@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import FIXTURES
-from multinode import PYTHON, env, free_port, jax_env, run_together, shell
+from multinode import PYTHON, env, jax_env, run_on_ports, run_together, shell
 from safetensors.numpy import load_file
 from tolerances import ATOL, DIST_PARAM_ATOL
 
@@ -53,9 +53,13 @@ def test_sharded_training_and_generation_equal_unsharded():
 def test_mesh_over_two_processes_equals_one_process(tmp_path):
     script = [PYTHON, str(MULTIHOST), str(FIXTURES / "bert2gpt2" / "pt")]
     run_together([[*script, str(tmp_path / "single")]], [env(XLA_FLAGS=FAST_XLA)], tmp_path / "logs1", timeout=TIMEOUT)
-    port = free_port()
-    envs = [env(XLA_FLAGS=FAST_XLA, **jax_env(port, 2, i)) for i in range(2)]
-    run_together([[*script, str(tmp_path / "multi")]] * 2, envs, tmp_path / "logs2", timeout=TIMEOUT)
+
+    def launch(ports):  # the coordinator's port is known to both before either starts: launched again if taken
+        return [[*script, str(tmp_path / "multi")]] * 2, [
+            env(XLA_FLAGS=FAST_XLA, **jax_env(ports[0], 2, i)) for i in range(2)
+        ]
+
+    run_on_ports(launch, 1, tmp_path / "logs2", timeout=TIMEOUT)
     single, multi = (load_file(tmp_path / run / "params.safetensors") for run in ("single", "multi"))
     one, two = (json.loads((tmp_path / run / "result.json").read_text()) for run in ("single", "multi"))
     assert multi.keys() == single.keys() and two["processes"] == 2

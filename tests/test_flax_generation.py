@@ -23,6 +23,7 @@ import test_generation as harness
 import encdec_flax.generation as flax_generation
 from encdec_core.errors import GenerationError, InputError
 from encdec_core.generation import GenerationConfig
+from encdec_core.outputs import GenerateOutput
 from encdec_flax import FlaxEncoderDecoderModel
 from tests.conftest import FIXTURES, generations
 from tests.tolerances import assert_close
@@ -76,10 +77,11 @@ def test_compiles_once_per_static_setting(monkeypatch):
 
     monkeypatch.setattr(flax_generation, "search_loop", counting)
     model, (ids, mask) = model_for("bert2gpt2"), batch("bert2gpt2")  # settings no other test uses
-    first = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
-    again = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=1.5, eos_token_id=None)
+    kw = dict(attention_mask=mask, max_new_tokens=7, eos_token_id=None)
+    first = model.generate(ids, repetition_penalty=1.5, **kw).sequences
+    again = model.generate(ids, repetition_penalty=1.5, **kw).sequences
     assert len(traces) == 1 and np.array_equal(first, again)
-    other = model.generate(ids, attention_mask=mask, max_new_tokens=7, repetition_penalty=5.0, eos_token_id=None)
+    other = model.generate(ids, repetition_penalty=5.0, **kw).sequences
     assert len(traces) == 1 and not np.array_equal(first, other)  # a value: traced, not compiled in
     model.generate(ids, attention_mask=mask, max_new_tokens=8, repetition_penalty=1.5, eos_token_id=None)
     assert len(traces) == 2  # max_length is a shape
@@ -107,13 +109,13 @@ def test_sampling_is_reproducible_with_a_seed_or_key():
     pair = "bert2bert"
     model, (ids, mask) = model_for(pair), batch(pair)
     kw = run_kwargs(pair, "sample") | {"eos_token_id": None, "return_dict_in_generate": False}
-    a = model.generate(ids, attention_mask=mask, seed=5, **kw)
-    b = model.generate(ids, attention_mask=mask, prng_key=jax.random.PRNGKey(5), **kw)
-    others = [model.generate(ids, attention_mask=mask, seed=s, **kw) for s in (6, 7)]
+    a = model.generate(ids, attention_mask=mask, seed=5, **kw).sequences
+    b = model.generate(ids, attention_mask=mask, prng_key=jax.random.PRNGKey(5), **kw).sequences
+    others = [model.generate(ids, attention_mask=mask, seed=s, **kw).sequences for s in (6, 7)]
     assert np.array_equal(a, b) and a.shape == (3, 13)
     assert any(not np.array_equal(a, o) for o in others)
     greedy = model.generate(ids, attention_mask=mask, **run_kwargs(pair, "greedy_no_eos")).sequences
-    assert np.array_equal(model.generate(ids, attention_mask=mask, seed=1, **(kw | {"top_k": 1})), greedy)
+    assert np.array_equal(model.generate(ids, attention_mask=mask, seed=1, **(kw | {"top_k": 1})).sequences, greedy)
 
 
 def test_sampling_several_per_source_and_beam_sampling():
@@ -144,11 +146,13 @@ def test_return_dict_fields():
     assert (beam.sequences_scores[0::2] >= beam.sequences_scores[1::2]).all()  # best first per source
 
 
-def test_bare_call_returns_ids():
+def test_bare_call_returns_an_output_with_sequences_as_transformers_flax():
     pair = "bert2gpt2"
     model, (ids, mask) = model_for(pair), batch(pair)
     out = model.generate(ids, attention_mask=mask, max_new_tokens=12)
-    assert isinstance(out, np.ndarray) and out.tolist() == generations(pair)["runs"]["greedy"]["sequences"]
+    assert isinstance(out, GenerateOutput) and isinstance(out.sequences, np.ndarray)
+    assert out.sequences.tolist() == generations(pair)["runs"]["greedy"]["sequences"]
+    assert out.scores is None and out.sequences_scores is None  # nothing else unless asked
 
 
 # ------------------------------------------------------------------------------- config
@@ -174,7 +178,7 @@ def test_tokens_set_on_model_config_after_construction_are_used():
     model, (ids, mask) = model_for(pair), batch(pair)
     model.config.decoder_start_token_id = 7
     try:
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=12)  # the bare call's compiled loop
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=12).sequences  # the bare call's compiled loop
     finally:
         model.config.decoder_start_token_id = 2
     assert out[:, 0].tolist() == [7, 7, 7]

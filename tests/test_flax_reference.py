@@ -22,7 +22,7 @@ from encdec_core import load_config
 from encdec_core.registry import model_class
 from encdec_core.semantics import shift_tokens_right
 from encdec_flax import FlaxEncoderDecoderModel
-from tests.conftest import FIXTURES, PAIRS, expected
+from tests.conftest import FIXTURES, PAIRS, compare_to_reference, expected
 from tests.tolerances import assert_close
 
 # jax.jit options for tests: XLA:CPU's optimising passes cost seconds per compile on these tiny models
@@ -52,32 +52,6 @@ def run_reference_batch(model, e, params=None):
     a = model(**batch(e, "a"), params=params)
     b = model(**batch(e, "b"), params=params, output_attentions=True, output_hidden_states=True)
     return a, b
-
-
-def compare_to_reference(a, b, e, what: str) -> dict[str, float]:
-    """Every output of runs A and B within the fp32 tolerance; returns the max diff per kind."""
-    diffs = {
-        "loss": assert_close(np.reshape(a.loss, 1), e["a.loss"].reshape(1), what=f"{what} loss"),
-        "logits": max(
-            assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)"),
-            assert_close(b.logits, e["b.logits"], what=f"{what} logits"),
-        ),
-        "encoder_last_hidden_state": assert_close(
-            b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{what} encoder state"
-        ),
-    }
-    for field in (
-        "encoder_hidden_states",
-        "encoder_attentions",
-        "decoder_hidden_states",
-        "decoder_attentions",
-        "cross_attentions",
-    ):
-        ours = getattr(b, field)
-        refs = sorted((k for k in e if k.startswith(f"b.{field}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-        assert len(ours) == len(refs), f"{what} {field}: {len(ours)} tensors, reference has {len(refs)}"
-        diffs[field] = max(assert_close(ours[i], e[key], what=f"{what} {field}[{i}]") for i, key in enumerate(refs))
-    return diffs
 
 
 @pytest.mark.parametrize("fmt", ["pt", "flax"])

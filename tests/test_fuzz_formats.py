@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import faulthandler
 import io
+import json
 import os
 import pickle
 import resource
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -347,6 +350,106 @@ def test_h5_deep_nesting_reads(tmp_path):
     with TFH5Reader(tmp_path) as r:
         (key,) = r.keys()
         assert r.get(key).tolist() == [1.0, 1.0]
+
+
+def _attr_message(raw: bytes, name: bytes) -> tuple[int, int]:
+    """(dataspace offset, data offset) of the version-1 attribute message ``name`` (as h5py writes it)."""
+    at = raw.index(name + b"\0") - 8
+    assert raw[at] == 1, "expected a version-1 attribute message"
+    name_size, dt_size, ds_size = struct.unpack_from("<HHH", raw, at + 2)
+    ds = at + 8 + -(-name_size // 8) * 8 + -(-dt_size // 8) * 8
+    assert raw[ds] == 1 and raw[ds + 1] == 1  # dataspace version 1, one dimension
+    return ds, ds + -(-ds_size // 8) * 8
+
+
+def _forge_shape(raw: bytearray, name: bytes) -> None:  # 2**28 names of 16-byte descriptors: 4 GiB
+    ds, _ = _attr_message(raw, name)
+    struct.pack_into("<QQ", raw, ds + 8, 2**28, 2**28)  # size and max size of the one dimension
+
+
+def _forge_length(raw: bytearray, name: bytes) -> None:  # the first string claims 4 GiB (HDF5 allocates it)
+    _, data = _attr_message(raw, name)
+    struct.pack_into("<I", raw, data, 0xFFFFFFF0)
+
+
+FORGED_ATTRS = {
+    "weight_names shape 2**28": (_forge_shape, b"weight_names"),
+    "weight_names string of 4 GiB": (_forge_length, b"weight_names"),
+    "layer_names shape 2**28": (_forge_shape, b"layer_names"),
+    "layer_names string of 4 GiB": (_forge_length, b"layer_names"),
+}
+# The read runs in a child whose address space is capped: were the forged size allocated, HDF5
+# would fail with "memory allocation failed" (or the child die) instead of the reader's own check.
+_CAPPED_READ = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**29, 3 * 2**29))  # 1.5 GiB
+from encdec_core.errors import CheckpointError
+from encdec_core.formats.tf_h5 import TFH5Reader
+try:
+    TFH5Reader(sys.argv[1]).close()
+    out = {"error": None}
+except CheckpointError as e:
+    out = {"error": "CheckpointError", "message": str(e)}
+# this process's own peak (ru_maxrss would carry over the parent's peak across fork and exec)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+out["maxrss"] = int(hwm.split()[1]) * 1024
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(FORGED_ATTRS))
+def test_h5_forged_name_list_refused_before_hdf5_allocates(tmp_path, name):
+    forge, attr = FORGED_ATTRS[name]
+    _keras_file(
+        tmp_path / "tf_model.h5", lambda f, g: (g.create_dataset("m/w:0", data=np.ones(3, np.float32)), ["m/w:0"])[1]
+    )
+    with TFH5Reader(tmp_path) as r:  # the file before forging reads
+        assert r.keys() == ["w"]
+    raw = bytearray((tmp_path / "tf_model.h5").read_bytes())
+    forge(raw, attr)
+    (tmp_path / "tf_model.h5").write_bytes(bytes(raw))
+    proc = subprocess.run(
+        [sys.executable, "-c", _CAPPED_READ, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=MAX_SECONDS,  # a hang guard only: the read takes ~0.3 s, the import more on a loaded machine
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]  # no MemoryError, no crash
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] == "CheckpointError", out
+    message = out["message"]
+    assert str(tmp_path / "tf_model.h5") in message and f"'{attr.decode()}'" in message, message
+    assert "declare" in message and "allocation" not in message, message  # our check, not HDF5 failing
+    assert out["maxrss"] < MAX_RSS_GROWTH, out
+
+
+def test_h5_name_list_scan_sees_a_changed_file(tmp_path):
+    """The byte scan is cached per file version: a forged file written in place of a good one is refused."""
+    build = lambda f, g: (g.create_dataset("m/w:0", data=np.ones(3, np.float32)), ["m/w:0"])[1]  # noqa: E731
+    _keras_file(tmp_path / "tf_model.h5", build)
+    with TFH5Reader(tmp_path) as r:
+        assert r.get("w").tolist() == [1.0, 1.0, 1.0]
+    raw = bytearray((tmp_path / "tf_model.h5").read_bytes())
+    _forge_shape(raw, b"weight_names")
+    forged = tmp_path / "forged.h5"
+    forged.write_bytes(bytes(raw))
+    os.replace(forged, tmp_path / "tf_model.h5")
+    with pytest.raises(CheckpointError, match="weight_names"):
+        TFH5Reader(tmp_path)
+
+
+def test_h5_datasets_sharing_bytes_refused(tmp_path):
+    """Two listed weights that are one dataset (hard links): together they declare more than the file."""
+
+    def shared(f, g):
+        g.create_dataset("m/a:0", data=np.ones(2**16, np.float32))  # 256 KiB, most of the file
+        g["m/b:0"] = g["m/a:0"]  # a second hard link to the same bytes
+        return ["m/a:0", "m/b:0"]
+
+    _keras_file(tmp_path / "tf_model.h5", shared)
+    with pytest.raises(CheckpointError, match="declare .* bytes in all"):
+        TFH5Reader(tmp_path)
 
 
 def _legacy_bin(numel: int, payload: int) -> bytes:

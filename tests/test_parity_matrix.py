@@ -19,7 +19,7 @@ from conversion import runners
 from conversion.formats import convert, detect
 from conversion.parity import PARITY_ATOL, PARITY_RTOL, Comparison, Diff, ParityReport, check_parity, compare_outputs
 from encdec_core.errors import InputError
-from tests.conftest import FIXTURES, PAIRS
+from tests.conftest import FIXTURES
 from tests.tolerances import ATOL, RTOL
 
 FRAMEWORK_PAIRS = [("pt", "tf"), ("pt", "flax"), ("tf", "flax")]
@@ -30,8 +30,17 @@ FORMATS = {
     "roberta2roberta": ("tf", "msgpack"),
     "bert2gpt2_proj": ("h5", "flax"),
     "bert2bert_tied": ("tf", "flax"),
+    # one pair per family of tests/test_families.py
+    "xlmr2camembert": ("h5", "msgpack"),
+    "bertgen2bertgen_tied": ("tf", "flax"),
+    "electra2electra": ("h5", "flax"),
+    "distilbert2gpt2": ("tf", "msgpack"),
+    "bert2bart": ("h5", "msgpack"),
+    "bert2mbart": ("tf", "flax"),
+    "bertrel2bertrel": ("h5", "msgpack"),
 }
-CASES = [(p, a, b) for p in PAIRS for a, b in FRAMEWORK_PAIRS]
+MATRIX_PAIRS = list(FORMATS)
+CASES = [(p, a, b) for p in MATRIX_PAIRS for a, b in FRAMEWORK_PAIRS]
 IDS = [f"{p}-{a}-{b}" for p, a, b in CASES]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FIXTURES
-from multinode import PYTHON, env, free_port, run_together, torchrun
+from multinode import PYTHON, env, run_on_ports, run_together, torchrun
 from safetensors.torch import load_file
 from tolerances import ATOL, DIST_PARAM_ATOL
 
@@ -30,14 +30,18 @@ ONE_NODE = ["--standalone", "--nproc-per-node", "2"]
 def _run(mode: str, out: Path, nodes: int = 1) -> dict[str, torch.Tensor]:
     script = [str(WORKER), mode, str(FIXTURE), str(out)]
     if mode == "single":
-        cmds = [[PYTHON, *script]]
+        run_together([[PYTHON, *script]], [env()], out / "logs", timeout=TIMEOUT)
     elif nodes == 1:
-        cmds = [[PYTHON, "-m", "torch.distributed.run", *ONE_NODE, *script]]
-    else:
-        port = free_port()
-        cmds = [[PYTHON, "-m", "torch.distributed.run", *torchrun(node, port, script)] for node in range(nodes)]
-    # gloo's own connections on the loopback interface too, as the rendezvous
-    run_together(cmds, [env(GLOO_SOCKET_IFNAME="lo")] * len(cmds), out / "logs", timeout=TIMEOUT)
+        run_together(
+            [[PYTHON, "-m", "torch.distributed.run", *ONE_NODE, *script]], [env()], out / "logs", timeout=TIMEOUT
+        )
+    else:  # the rendezvous port is known to both nodes before either starts: launched again if it was taken
+
+        def launch(ports):
+            cmds = [[PYTHON, "-m", "torch.distributed.run", *torchrun(node, ports[0], script)] for node in range(nodes)]
+            return cmds, [env()] * nodes
+
+        run_on_ports(launch, 1, out / "logs", timeout=TIMEOUT)
     return load_file(out / "params.safetensors")  # read back from the checkpoint rank 0 wrote
 
 

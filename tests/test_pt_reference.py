@@ -9,7 +9,7 @@ from encdec_core import load_config
 from encdec_core.registry import model_class
 from encdec_pt import EncoderDecoderModel
 from encdec_pt.models import BertModel, GPT2LMHeadModel  # noqa: F401
-from tests.conftest import FIXTURES, PAIRS, expected
+from tests.conftest import FIXTURES, PAIRS, compare_to_reference, expected
 from tests.tolerances import assert_close
 
 FORMATS = ["pt", "pt_bin", "pt_sharded", "pt_bin_sharded"]
@@ -33,25 +33,6 @@ def run_reference_batch(model, e):
             output_hidden_states=True,
         )
     return a, b
-
-
-def compare_to_reference(a, b, e, what: str) -> None:
-    assert_close(a.loss.reshape(1), e["a.loss"].reshape(1), what=f"{what} loss")
-    assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)")
-    assert_close(b.logits, e["b.logits"], what=f"{what} logits")
-    assert_close(b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{what} encoder state")
-    for field in (
-        "encoder_hidden_states",
-        "encoder_attentions",
-        "decoder_hidden_states",
-        "decoder_attentions",
-        "cross_attentions",
-    ):
-        ours = getattr(b, field)
-        refs = sorted((k for k in e if k.startswith(f"b.{field}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-        assert len(ours) == len(refs), f"{what} {field}: {len(ours)} tensors, reference has {len(refs)}"
-        for i, key in enumerate(refs):
-            assert_close(ours[i], e[key], what=f"{what} {field}[{i}]")
 
 
 @pytest.mark.parametrize("pair,fmt", CASES, ids=[f"{p}-{f}" for p, f in CASES])

@@ -13,6 +13,8 @@ from tests.conftest import FIXTURES, expected
 from tests.tolerances import assert_close
 
 DECODERS = ["bert2bert", "roberta2roberta", "bert2gpt2", "bert2gpt2_proj"]  # BERT, RoBERTa, GPT-2 (+ projection)
+# issue 16: CamemBERT, BertGeneration, ELECTRA, BART, MBart, BERT relative_key_query (see test_tf_families.py)
+FAMILY_DECODERS = ["xlmr2camembert", "bertgen2bertgen", "electra2electra", "bert2bart", "bert2mbart", "bertrel2bertrel"]
 
 
 def _setup(pair):
@@ -63,7 +65,7 @@ def test_preallocated_cache_steps_equal_the_full_forward(pair):
     assert_close(via_call.logits, full[:, :3], what=f"{pair} call with cache")
 
 
-@pytest.mark.parametrize("pair", DECODERS)
+@pytest.mark.parametrize("pair", DECODERS + FAMILY_DECODERS)
 def test_growing_tuple_cache_equals_the_full_forward(pair):
     """HF's past_key_values tuples: run 3 tokens, then continue from the returned cache."""
     model, e, full, enc = _setup(pair)

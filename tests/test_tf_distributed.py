@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from multinode import PYTHON, env, free_port, run_together, shell, tf_config
+from multinode import PYTHON, env, run_on_ports, run_together, shell, tf_config
 from safetensors.numpy import load_file
 from tolerances import DIST_PARAM_ATOL
 
@@ -28,9 +28,11 @@ def _run(mode: str, out: Path, workers: int = 1) -> dict[str, np.ndarray]:
     if workers == 1:
         run_together([cmd], [env()], out.parent / f"{out.name}-logs", timeout=TIMEOUT)
     else:
-        ports = [free_port() for _ in range(workers)]
-        envs = [env(TF_CONFIG=tf_config(ports, i)) for i in range(workers)]
-        run_together([cmd] * workers, envs, out.parent / f"{out.name}-logs", timeout=TIMEOUT)
+
+        def launch(ports):  # every worker's port is in every TF_CONFIG: launched again if one was taken
+            return [cmd] * workers, [env(TF_CONFIG=tf_config(ports, i)) for i in range(workers)]
+
+        run_on_ports(launch, workers, out.parent / f"{out.name}-logs", timeout=TIMEOUT)
     return load_file(out / "model.safetensors")  # the canonical checkpoint (written by worker 0)
 
 

@@ -14,18 +14,11 @@ import tensorflow as tf
 from encdec_core import load_config
 from encdec_core.registry import model_class
 from encdec_tf import TFEncoderDecoderModel
-from tests.conftest import FIXTURES, PAIRS, expected
+from tests.conftest import FIXTURES, PAIRS, compare_to_reference, expected
 from tests.tolerances import assert_close
 
 FORMATS = ["pt", "tf", "tf_sharded", "pt_sharded", "pt_bin"]
 CASES = [(p, f) for p in PAIRS for f in FORMATS if (FIXTURES / p / f).is_dir()]
-FIELDS = (
-    "encoder_hidden_states",
-    "encoder_attentions",
-    "decoder_hidden_states",
-    "decoder_attentions",
-    "cross_attentions",
-)
 
 
 def batch(e, *keys):
@@ -41,22 +34,6 @@ def run_reference_batch(model, e):
         output_hidden_states=True,
     )
     return a, b
-
-
-def compare_to_reference(a, b, e, what: str) -> float:
-    """Every output of runs A and B against the reference arrays; returns the largest difference."""
-    diffs = [
-        assert_close(np.reshape(a.loss, (1,)), e["a.loss"].reshape(1), what=f"{what} loss"),
-        assert_close(a.logits, e["a.logits"], what=f"{what} logits (labels run)"),
-        assert_close(b.logits, e["b.logits"], what=f"{what} logits"),
-        assert_close(b.encoder_last_hidden_state, e["b.encoder_last_hidden_state"], what=f"{what} encoder state"),
-    ]
-    for field in FIELDS:
-        ours = getattr(b, field)
-        refs = sorted((k for k in e if k.startswith(f"b.{field}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-        assert len(ours) == len(refs), f"{what} {field}: {len(ours)} tensors, reference has {len(refs)}"
-        diffs += [assert_close(ours[i], e[key], what=f"{what} {field}[{i}]") for i, key in enumerate(refs)]
-    return max(diffs)
 
 
 @pytest.mark.parametrize("pair,fmt", CASES, ids=[f"{p}-{f}" for p, f in CASES])

@@ -65,7 +65,7 @@ def checkpoint_kind(config: PretrainedConfig, keys: Sequence[str], fmt: str) -> 
     for arch in config.architectures or []:
         if arch.endswith(DECODER_ARCHS):
             return "decoder"
-        if arch.endswith("Model"):
+        if arch.endswith(("Model", "GenerationEncoder")):
             return "encoder"
     keys = set(keys)
     score = {

@@ -24,6 +24,7 @@ from pathlib import Path
 from encdec_core.configs import EncoderDecoderConfig, PretrainedConfig
 from encdec_core.errors import ShapeMismatchError
 from encdec_core.formats.canonical import open_source
+from encdec_core.formats.flax_msgpack import drop_handoff, hand_over
 from encdec_core.tables import Param, architecture, model_table, prefixed
 
 
@@ -64,7 +65,7 @@ def misfits(
             continue  # missing weights are the loading report's business
         want, got = expected_shape(p, sub), tuple(int(d) for d in shapes[key])
         if want != got:
-            fields = ", ".join(f"{d}={getattr(sub, d)}" for d in dict.fromkeys(p.dims))
+            fields = ", ".join(f"{sub.key_of(d)}={getattr(sub, d)}" for d in dict.fromkeys(p.dims))
             out.append((key, want, got, fields))
     return out
 
@@ -79,16 +80,19 @@ def check_config_fits(
     """Raise one ShapeMismatchError if ``config`` gives a weight a shape other than the checkpoint's.
 
     Called by the three backends' loaders after the config is resolved and before the model is
-    built. Reads only shapes (headers for safetensors and h5). ``role`` is the model's
+    built. Reads only shapes (headers for safetensors and h5; a msgpack file is parsed whole and
+    handed over to the next read of it, the loader's, so a load parses it once). ``role`` is the model's
     ("encoder" for a base model, "decoder" for a causal LM; ignored for an encoder-decoder);
     ``accept`` the formats the loader reads, first present wins (default: every format).
     """
     folder = Path(folder)
     kwargs = {} if accept is None else {"accept": tuple(accept)}
     table = [p for p, _, _ in _sized(config, role)]
-    with open_source(folder, table, **kwargs) as source:
+    # a msgpack file has no header: what this check parses is handed over to the load that follows
+    with hand_over(), open_source(folder, table, **kwargs) as source:
         bad = misfits(config, source.shapes, role=role)
     if bad:
+        drop_handoff()
         lines = [
             f"{folder}: the config does not fit the checkpoint's weights ({len(bad)} shape(s) differ; "
             "checked before building the model):"

@@ -22,9 +22,11 @@ shape declares (no allocation beyond the file's size), nesting bounded by msgpac
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,56 @@ def _unchunk(node: dict[str, Any]) -> np.ndarray:
     return np.concatenate([p.reshape(-1) for p in parts]).reshape(dims)
 
 
+# One load reads a msgpack file twice over: the config-fit check (encdec_core.formats.fit) wants its
+# shapes, then the loader its arrays, and msgpack has no header to read shapes from. The fit check
+# parses the file with ``hand_over()`` active, and what it parsed waits here for the next read of the
+# same file version (path, size, inode, modification and change times), which takes it. One check's
+# parse at a time; a file changed meanwhile is parsed again.
+_handoff: dict[tuple, dict[str, np.ndarray]] = {}
+_handoff_lock = threading.Lock()
+_recording = threading.local()
+
+
+def _version(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@contextlib.contextmanager
+def hand_over() -> Iterator[None]:
+    """Files parsed inside are kept for the next read of each (then dropped); on an error, nothing is kept."""
+    _recording.on = True
+    with _handoff_lock:
+        _handoff.clear()  # only the latest check's files wait
+    try:
+        yield
+    except BaseException:
+        drop_handoff()
+        raise
+    finally:
+        _recording.on = False
+
+
+def drop_handoff() -> None:
+    """Forget every parse waiting for its next read."""
+    with _handoff_lock:
+        _handoff.clear()
+
+
 def _read_file(path: Path) -> dict[str, np.ndarray]:
+    """One file's flat arrays: handed over by the fit check when it parsed this very version, else parsed."""
+    key = _version(path)
+    with _handoff_lock:
+        flat = _handoff.pop(key, None)
+    if flat is None:
+        flat = _parse_file(path)
+    if getattr(_recording, "on", False):
+        with _handoff_lock:
+            _handoff[key] = flat
+    return dict(flat)  # the caller's own dict over the shared read-only arrays
+
+
+def _parse_file(path: Path) -> dict[str, np.ndarray]:
     import msgpack
 
     try:

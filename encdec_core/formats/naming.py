@@ -47,7 +47,7 @@ FILES = {
     "msgpack": (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME),
 }
 KINDS = ("encoder-decoder", "encoder", "decoder")
-DECODER_ARCHS = ("LMHeadModel", "ForCausalLM", "ForMaskedLM")
+DECODER_ARCHS = ("LMHeadModel", "ForCausalLM", "ForMaskedLM", "GenerationDecoder")
 
 
 def container(fmt: str) -> str:

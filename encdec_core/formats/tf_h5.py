@@ -19,18 +19,21 @@ Names here are the core tables' ``Param.tf``: no model scope, no ``:0``. The rea
 scope (the first path segment, whatever the model was called: Transformers' own rule) and the
 suffix; the writer adds both. h5py is imported inside the functions that need it.
 
-Files from the Hub are untrusted: the reader follows only hard links inside the file
-(external and soft links are refused), reads only plain numeric datasets stored in the file
-itself (no external or virtual storage, no filters), each holding at least the bytes its
-shape declares, so a hostile file cannot make it read other files or allocate more than the
-file's size.
+Files from the Hub are untrusted: only hard links inside the file, only plain numeric datasets
+stored in it (no external or virtual storage, no filters). Before HDF5 reads any data, declared
+sizes are checked against the file's size: each dataset's shape x itemsize (and all together),
+each name-list attribute's shape, type and storage size (``attrs.get_id``), and the lengths of
+its variable-length strings read from the file's bytes (HDF5 allocates a declared length first).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
+import re
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,8 @@ from encdec_core.formats.shards import (
 _H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, UnicodeDecodeError)
 TOP_LEVEL_GROUP = "top_level_model_weights"
 _ATTR_LIMIT = 64512  # bytes; Keras' split point, under HDF5's 64 KiB object header
+_MAX_NAMES = 10**6  # names in one list attribute; the largest models have thousands of weights
+_MAX_SPLITS = 10**4  # parts of one split list attribute (attr0, attr1, ...)
 
 
 def strip_name(name: str, *, scoped: bool) -> str:
@@ -73,14 +78,24 @@ def _decode(values: Any) -> list[str]:
 
 
 def read_names(group: Any, attr: str) -> list[str]:
-    """A list attribute, joined again if Keras split it (``attr0``, ``attr1``, ...)."""
+    """A list attribute, joined again if Keras split it (``attr0``, ``attr1``, ...).
+
+    Each attribute is checked (:func:`check_name_attr`) before a byte of it is read.
+    """
     if attr in group.attrs:
-        return _decode(group.attrs[attr]) if len(group.attrs[attr]) else []
+        return _decode(_read_attr(group, attr))
     names, i = [], 0
     while f"{attr}{i}" in group.attrs:
-        names += _decode(group.attrs[f"{attr}{i}"])
+        names += _decode(_read_attr(group, f"{attr}{i}"))
         i += 1
+        if i > _MAX_SPLITS:
+            raise CheckpointError(f"{group.file.filename}: attribute '{attr}' split in over {_MAX_SPLITS} parts")
     return names
+
+
+def _read_attr(group: Any, key: str) -> Any:
+    count = check_name_attr(group, key)
+    return group.attrs[key] if count else []
 
 
 def write_names(group: Any, attr: str, names: list[str]) -> None:
@@ -113,6 +128,7 @@ class TFH5Reader:
         self.source = folder
         self._files: list[Any] = []
         self._where: dict[str, tuple[Any, str]] = {}  # table name -> (h5 file, dataset path)
+        self._declared: dict[str, int] = {}  # h5 file name -> bytes its listed datasets declare
         try:
             if (folder / TF_WEIGHTS_NAME).is_file():
                 with _h5_errors(folder / TF_WEIGHTS_NAME):
@@ -127,6 +143,7 @@ class TFH5Reader:
 
     def _open(self, h5py: Any, path: Path) -> Any:
         check_heaps(path)
+        _scanned(str(path))  # the name lists' declared sizes, before HDF5 decodes any of them
         try:
             f = h5py.File(path, "r")
         except _H5_ERRORS as e:
@@ -152,7 +169,13 @@ class TFH5Reader:
             node = node[part]
         if not isinstance(node, h5py.Dataset):
             raise CheckpointError(f"{f.filename}: attribute lists weight '{path}' but the file has no such dataset")
-        _check_dataset(f.filename, path, node)
+        total = self._declared.get(f.filename, 0) + _check_dataset(f.filename, path, node)
+        if total > os.path.getsize(f.filename):  # datasets sharing their bytes: each read would copy them again
+            raise CheckpointError(
+                f"{f.filename}: the datasets listed up to '{path}' declare {total} bytes in all, more "
+                "than the file's size; expected each weight stored once"
+            )
+        self._declared[f.filename] = total
         self._where[name] = (f, path)
 
     def _open_single(self, h5py: Any, path: Path) -> None:
@@ -217,6 +240,133 @@ class TFH5Reader:
         self.close()
 
 
+def check_name_attr(group: Any, key: str) -> int:
+    """Check a name-list attribute from its declared shape, type and bytes; return its number of names.
+
+    Nothing of the attribute's data is read by HDF5 before this returns: its dataspace and type
+    come from ``attrs.get_id``, and the lengths of its variable-length strings (which HDF5
+    allocates before it reads a string, so one forged length costs 4 GiB) from the file's bytes
+    (:func:`_scan_name_attrs`). A list attribute holds strings, or nothing (Keras writes an
+    empty list as a float64 array of shape (0,)).
+    """
+    import h5py
+
+    filename = group.file.filename
+    size = os.path.getsize(filename)
+    where = f"{filename}: attribute '{key}' of '{group.name}'"
+    with _h5_errors(Path(filename)):
+        aid = group.attrs.get_id(key)
+        shape, ftype = aid.shape, aid.get_type()
+        count = 0 if shape is None else int(np.prod(shape, dtype=object))
+        storage = aid.get_storage_size() if 0 < count <= _MAX_NAMES else 0  # HDF5 calls 0 bytes an error
+    if count > _MAX_NAMES or storage > size:
+        raise CheckpointError(
+            f"{where} declares shape {shape} ({storage} bytes) in a {size}-byte file; "
+            f"expected a list of at most {_MAX_NAMES} names stored in the file"
+        )
+    if count == 0:
+        return 0
+    if not isinstance(ftype, h5py.h5t.TypeStringID):
+        raise CheckpointError(f"{where} has type {aid.dtype}; expected a list of strings")
+    if not ftype.is_variable_str():
+        if count * ftype.get_size() > size:
+            raise CheckpointError(f"{where}: {count} strings of {ftype.get_size()} bytes exceed the {size}-byte file")
+        return count
+    if count not in _scanned(filename).get(key.encode(), ()):
+        raise CheckpointError(
+            f"{where} ({count} variable-length strings) is stored where the reader cannot check the "
+            "strings' declared lengths before reading them (expected a plain attribute message, as Keras writes)"
+        )
+    return count
+
+
+_NAME_ATTR = re.compile(rb"(?:layer|weight)_names\d{0,5}\x00")
+
+
+def _pad8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+def _scanned(path: str) -> dict[bytes, set[int]]:
+    st = os.stat(path)
+    return _scan_name_attrs(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_name_attrs(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> dict[bytes, set[int]]:
+    """Every attribute message of a name list in the file's bytes: name -> the names' counts seen.
+
+    Each variable-length string is stored as a descriptor (4-byte length, global heap address
+    and index); HDF5 allocates the declared length before it finds the heap object shorter.
+    Raises if a message declares more descriptors than the file holds, or lengths that add up
+    to more than the file's size. Keyed by the file's size, modification and change times and
+    inode (:func:`_scanned`), so a changed file is scanned again.
+    """
+    found: dict[bytes, set[int]] = {}
+    if size < len(_HDF5_SIGNATURE):
+        return found
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        base = next((b for b in (0, 512, 1024, 2048, 4096) if m[b : b + 8] == _HDF5_SIGNATURE), None)
+        if base is None or size < base + 16:
+            return found
+        version = m[base + 8]
+        offsets, lengths = (m[base + 13], m[base + 14]) if version < 2 else (m[base + 9], m[base + 10])
+        if offsets not in (2, 4, 8) or lengths not in (2, 4, 8):
+            return found  # h5py refuses the file
+        for hit in _NAME_ATTR.finditer(m):
+            name = hit.group()[:-1]
+            count = _check_vlen_message(m, hit.start(), len(name) + 1, offsets, lengths, path, name.decode())
+            if count is not None:
+                found.setdefault(name, set()).add(count)
+    return found
+
+
+def _check_vlen_message(
+    m: Any, pos: int, name_size: int, offsets: int, lengths: int, path: str, name: str
+) -> int | None:
+    """The number of strings of the attribute message whose name starts at ``pos`` (None: not one, or not vlen)."""
+    size = len(m)
+    for start, version in ((pos - 8, 1), (pos - 8, 2), (pos - 9, 3)):
+        if start >= 0 and m[start] == version and struct.unpack_from("<H", m, start + 2)[0] == name_size:
+            break
+    else:
+        return None
+    dt_size, ds_size = struct.unpack_from("<HH", m, start + 4)
+    pad = _pad8 if version == 1 else (lambda n: n)
+    dt = pos + pad(name_size)
+    ds = dt + pad(dt_size)
+    data = ds + pad(ds_size)
+    if ds + 8 > size or m[dt] & 0x0F != 9:  # datatype class 9: variable-length
+        return None
+    ds_version, ndims = m[ds], m[ds + 1]
+    if ds_version == 1:
+        dims_at, kind = ds + 8, 1
+    elif ds_version == 2:
+        dims_at, kind = ds + 4, m[ds + 3]  # 0 scalar, 1 simple, 2 null
+    else:
+        return None
+    where = f"{path}: attribute '{name}' (message at byte {start})"
+    if ndims > 32 or dims_at + ndims * lengths > size:
+        raise CheckpointError(f"{where} declares {ndims} dimensions past the end of the file")
+    dims = [int.from_bytes(m[dims_at + i * lengths : dims_at + (i + 1) * lengths], "little") for i in range(ndims)]
+    count = 0 if kind == 2 else int(np.prod(dims, dtype=object))
+    step = 4 + offsets + 4  # length, heap address, index
+    if count > _MAX_NAMES or data + count * step > size:
+        raise CheckpointError(
+            f"{where} declares {count} strings (shape {tuple(dims)}) but the {size}-byte file holds "
+            f"at most {max(0, (size - data) // step)} of their descriptors there"
+        )
+    total = 0
+    for (length,) in struct.iter_unpack("<I" + "x" * (offsets + 4), m[data : data + count * step]):
+        total += length
+        if total > size:
+            raise CheckpointError(
+                f"{where}: its strings declare {total}+ bytes in all, more than the {size}-byte file; "
+                "a forged length (HDF5 would allocate it before reading)"
+            )
+    return count
+
+
 @contextlib.contextmanager
 def _h5_errors(path: Path) -> Iterator[None]:
     """HDF5's errors on a malformed file, as one CheckpointError naming it."""
@@ -261,8 +411,11 @@ def check_heaps(path: Path) -> None:
             pos = m.find(_HEAP_SIGNATURE, pos + 8)
 
 
-def _check_dataset(filename: str, path: str, d: Any) -> None:
-    """A plain numeric array stored in this file, holding every byte its shape declares."""
+def _check_dataset(filename: str, path: str, d: Any) -> int:
+    """A plain numeric array stored in this file, holding every byte its shape declares; returns those bytes.
+
+    Only metadata is read (shape, type, storage layout): nothing of the data.
+    """
     dtype = d.dtype
     if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
         raise CheckpointError(f"{filename}: dataset '{path}' has dtype {dtype}; expected a numeric weight")
@@ -278,6 +431,7 @@ def _check_dataset(filename: str, path: str, d: Any) -> None:
             f"{filename}: dataset '{path}' of shape {d.shape} declares {nbytes} bytes but the "
             f"file stores {d.id.get_storage_size()} of them ({size} bytes in all)"
         )
+    return nbytes
 
 
 def write_tf_h5(

@@ -77,6 +77,18 @@ class PretrainedConfig:
     # act_name (feed-forward activation), num_positions (rows of the position table).
     vocabulary: ClassVar[dict[str, str]] = {}
 
+    # How the backends build this architecture (one set of layers, flags not copies):
+    layout: ClassVar[str] = "bert"  # parameter names of a block: bert | gpt2 | bart | distilbert
+    pre_norm: ClassVar[bool] = False  # LayerNorm before each sublayer (GPT-2, MBart) or after the residual sum
+    final_norm: ClassVar[bool] = False  # a LayerNorm after the last block (GPT-2's ln_f, MBart's layer_norm)
+    position_rule: ClassVar[str] = "absolute"  # absolute (0, 1, ...) | roberta (counted over real tokens)
+    position_offset: ClassVar[int] = 0  # rows of the position table before position 0 (BART: 2)
+    # the HF key behind a derived size the tables name (for messages): ELECTRA's embed_width is embedding_size
+    derived_keys: ClassVar[dict[str, str]] = {"embed_width": "hidden_size", "token_types": "type_vocab_size"}
+    # generation settings an architecture's config carries (BART's forced_eos_token_id): written as the shared fields
+    generation_keys: ClassVar[tuple[str, ...]] = ()
+    head: ClassVar[str] = ""  # the LM head: bert | roberta | bias (BertGeneration) | electra | plain (GPT-2, BART)
+
     is_decoder: bool = False  # causal self-attention (a decoder)
     add_cross_attention: bool = False  # decoder layers attend to encoder states
     cross_attention_hidden_size: int | None = None  # encoder width seen by cross-attention
@@ -162,7 +174,7 @@ class PretrainedConfig:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            shared = f.name in _SHARED_DEFAULTS
+            shared = f.name in _SHARED_DEFAULTS or f.name in type(self).generation_keys
             default = f.default if nested else _SHARED_DEFAULTS.get(f.name)
             if not shared or f.name in read or value != default:
                 out[f.name] = copy.deepcopy(value)
@@ -185,9 +197,48 @@ class PretrainedConfig:
         strip = lambda d: {k: v for k, v in d.items() if k not in _IGNORED_ON_COMPARE}  # noqa: E731
         return type(self) is type(other) and strip(self.to_dict()) == strip(other.to_dict())
 
+    def key_of(self, name: str) -> str:
+        """The ``config.json`` key a size the tables name comes from (``embed_width`` -> ``embedding_size``)."""
+        return type(self).derived_keys.get(name, name)
+
     @property
     def num_heads(self) -> int:
         return self.num_attention_heads
+
+    @property
+    def num_layers(self) -> int:
+        """The blocks this model stacks (a BART decoder's ``decoder_layers``)."""
+        return self.num_hidden_layers
+
+    @property
+    def embed_width(self) -> int:
+        """The width of the embedding tables (ELECTRA's ``embedding_size``; projected to ``hidden_size``)."""
+        return self.hidden_size
+
+    @property
+    def has_cross_attention(self) -> bool:
+        """Whether the blocks have cross-attention (BART's causal LM always builds it)."""
+        return bool(self.add_cross_attention)
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """Whether ``embeddings_project`` maps the embeddings' width to the blocks' (ELECTRA)."""
+        return self.embed_width != self.hidden_size
+
+    @property
+    def token_types(self) -> int:
+        """Rows of the token-type table (0: none, as BertGeneration, DistilBERT, GPT-2, BART)."""
+        return 0
+
+    @property
+    def embed_scale(self) -> float:
+        """The factor on word embeddings (BART's ``scale_embedding``: sqrt(d_model))."""
+        return 1.0
+
+    @property
+    def relative_attention(self) -> str | None:
+        """BERT's ``relative_key`` / ``relative_key_query`` self-attention, or None (absolute positions)."""
+        return None
 
     @property
     def head_dim(self) -> int:
@@ -223,135 +274,17 @@ _SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainedConf
 _SHARED_DEFAULTS["vocab_size"] = None  # only EncoderDecoderConfig has it as a shared-style field
 
 
-@dataclass
-class BertConfig(PretrainedConfig):
-    """BERT (``model_type="bert"``), post-LayerNorm transformer with learned positions."""
-
-    model_type: ClassVar[str] = "bert"
-    vocabulary: ClassVar[dict[str, str]] = {
-        "norm_eps": "layer_norm_eps",
-        "hidden_dropout": "hidden_dropout_prob",
-        "attn_dropout": "attention_probs_dropout_prob",
-        "embed_dropout": "hidden_dropout_prob",
-        "act_name": "hidden_act",
-        "num_positions": "max_position_embeddings",
-    }
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072  # width of the feed-forward layer
-    hidden_act: str = "gelu"  # exact (erf) GELU
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    position_embedding_type: str = "absolute"
-    use_cache: bool = True
-    classifier_dropout: float | None = None
-    pad_token_id: int | None = 0
-
-    def validate(self) -> None:
-        self._check_heads()
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(
-                f"{self._owner()}: field 'position_embedding_type' is {self.position_embedding_type!r}; "
-                "only 'absolute' is supported"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"{self._owner()}: field 'hidden_act' is {self.hidden_act!r}, expected one of {sorted(ACTIVATIONS)}"
-            )
-
-
-@dataclass
-class RobertaConfig(BertConfig):
-    """RoBERTa: BERT with position ids counted from ``pad_token_id + 1`` over real tokens."""
-
-    model_type: ClassVar[str] = "roberta"
-
-    vocab_size: int = 50265
-    pad_token_id: int | None = 1
-    bos_token_id: int | None = 0
-    eos_token_id: int | list | None = 2
-
-    @property
-    def position_limit(self) -> int:
-        # positions count from padding_idx + 1, so the first pad + 1 rows are never a real token's
-        pad = self.pad_token_id
-        return self.max_position_embeddings - (pad + 1 if pad is not None else 0)
-
-
-@dataclass
-class GPT2Config(PretrainedConfig):
-    """GPT-2: pre-LayerNorm transformer; HF names its widths ``n_embd``, ``n_head``, ..."""
-
-    model_type: ClassVar[str] = "gpt2"
-    attribute_map: ClassVar[dict[str, str]] = {
-        "hidden_size": "n_embd",
-        "max_position_embeddings": "n_positions",
-        "num_attention_heads": "n_head",
-        "num_hidden_layers": "n_layer",
-    }
-    vocabulary: ClassVar[dict[str, str]] = {
-        "norm_eps": "layer_norm_epsilon",
-        "hidden_dropout": "resid_pdrop",
-        "attn_dropout": "attn_pdrop",
-        "embed_dropout": "embd_pdrop",
-        "act_name": "activation_function",
-        "num_positions": "n_positions",
-    }
-
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_inner: int | None = None  # feed-forward width; None means 4 * n_embd
-    activation_function: str = "gelu_new"  # tanh approximation of GELU
-    resid_pdrop: float = 0.1
-    embd_pdrop: float = 0.1
-    attn_pdrop: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
-    summary_type: str = "cls_index"
-    summary_use_proj: bool = True
-    summary_activation: str | None = None
-    summary_proj_to_labels: bool = True
-    summary_first_dropout: float = 0.1
-    scale_attn_weights: bool = True  # divide scores by sqrt(head_dim)
-    use_cache: bool = True
-    scale_attn_by_inverse_layer_idx: bool = False  # also divide by (layer index + 1)
-    reorder_and_upcast_attn: bool = False
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list | None = 50256
-
-    @property
-    def intermediate_size(self) -> int:
-        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
-
-    def attention_scale(self, layer_idx: int) -> float:
-        scale = super().attention_scale(layer_idx) if self.scale_attn_weights else 1.0
-        if self.scale_attn_by_inverse_layer_idx:
-            scale /= layer_idx + 1
-        return scale
-
-    def validate(self) -> None:
-        self._check_heads()
-        if self.activation_function not in ACTIVATIONS:
-            raise ConfigError(
-                f"{self._owner()}: field 'activation_function' is {self.activation_function!r}, "
-                f"expected one of {sorted(ACTIVATIONS)}"
-            )
-
-
 # Activation names HF uses -> meaning; each backend implements these two, nothing else.
 ACTIVATIONS = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 
-CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {c.model_type: c for c in (BertConfig, RobertaConfig, GPT2Config)}
+# model_type -> config class, filled by register_config (encdec_core.configs.families)
+CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {}
+
+
+def register_config(cls: type[PretrainedConfig]) -> type[PretrainedConfig]:
+    """Class decorator: ``config_from_dict`` builds ``cls`` for its ``model_type``."""
+    CONFIG_CLASSES[cls.model_type] = cls
+    return cls
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> PretrainedConfig:
@@ -393,8 +326,8 @@ class EncoderDecoderConfig(PretrainedConfig):
                 object.__setattr__(self, side, config_from_dict(sub, source=f"EncoderDecoderConfig.{side}"))
             elif not isinstance(sub, PretrainedConfig) or isinstance(sub, EncoderDecoderConfig):
                 raise ConfigError(
-                    f"EncoderDecoderConfig: field '{side}' expected a config (dict or BertConfig/"
-                    f"RobertaConfig/GPT2Config), got {type(sub).__name__}"
+                    f"EncoderDecoderConfig: field '{side}' expected a config (a dict or one of "
+                    f"{sorted(c.__name__ for c in CONFIG_CLASSES.values())}), got {type(sub).__name__}"
                 )
         super().__post_init__()
 
@@ -476,10 +409,8 @@ def load_config(folder_or_file: str | os.PathLike) -> PretrainedConfig:
 
 __all__ = [
     "PretrainedConfig",
-    "BertConfig",
-    "RobertaConfig",
-    "GPT2Config",
     "EncoderDecoderConfig",
+    "register_config",
     "CONFIG_CLASSES",
     "ACTIVATIONS",
     "config_from_dict",
