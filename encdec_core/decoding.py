@@ -18,8 +18,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from encdec_core.generation import GenerationConfigMixin, GenerationPlan, bad_words_for, resolve
+from encdec_core.errors import InputError
+from encdec_core.generation import GenerationConfigMixin, GenerationPlan, resolve
 from encdec_core.outputs import GenerateOutput
+from encdec_core.processors import (  # re-exported: the decoding contract's processor specs
+    PROCESSOR_NAMES,
+    ProcessorSpec,
+    build_processors,
+    processor_specs,
+    processor_table,
+    run_processors,
+    temperature,
+)
 from encdec_core.validation import max_positions
 
 NEG = -1.0e9  # HF's "impossible" beam score: finite so sums and comparisons stay ordered
@@ -46,90 +56,6 @@ class DecoderCache(NamedTuple):
     @property
     def max_length(self) -> int:
         return int(self.layers[0].key.shape[2])
-
-
-# ------------------------------------------------------------------------------- processors as data
-class ProcessorSpec(NamedTuple):
-    """One logits processor of a call: ``name``, structural ``args`` (fixed in a compiled program) and
-    ``values`` (numbers a compiled program may take as inputs)."""
-
-    name: str
-    args: tuple = ()
-    values: tuple = ()
-
-
-def processor_specs(plan: GenerationPlan) -> tuple[ProcessorSpec, ...]:
-    """The call's processors in Transformers' order, then the sampling warpers.
-
-    Every backend maps a name to its implementation ``(*args, *values) -> processor`` where a
-    processor is ``(ids (N,L) buffer, cur, scores (N,V)) -> scores`` and only ``ids[:, :cur]``
-    is the sequence so far.
-    """
-    gen, eos, out = plan.config, plan.eos_ids, []
-    if gen.repetition_penalty != 1.0:
-        out.append(ProcessorSpec("repetition_penalty", (), (gen.repetition_penalty,)))
-    if gen.no_repeat_ngram_size > 0:
-        out.append(ProcessorSpec("no_repeat_ngram", (gen.no_repeat_ngram_size,)))
-    words = bad_words_for(gen, eos)
-    if words:
-        out.append(ProcessorSpec("bad_words", (tuple(words),)))
-    if plan.min_length > 0 and eos:
-        out.append(ProcessorSpec("min_length", (), (plan.min_length, eos)))
-    if gen.forced_bos_token_id is not None:
-        out.append(ProcessorSpec("force", (1,), ((gen.forced_bos_token_id,),)))
-    if gen.forced_eos_token_id is not None:
-        forced = gen.forced_eos_token_id
-        out.append(
-            ProcessorSpec("force", (plan.max_length - 1,), (tuple(forced) if isinstance(forced, list) else (forced,),))
-        )
-    if gen.do_sample:
-        keep = 2 if plan.num_beams > 1 else 1  # tokens a warper always keeps
-        if gen.temperature != 1.0:
-            out.append(ProcessorSpec("temperature", (), (gen.temperature,)))
-        if gen.top_k:
-            out.append(ProcessorSpec("top_k", (keep,), (gen.top_k,)))
-        if gen.top_p < 1.0:
-            out.append(ProcessorSpec("top_p", (keep,), (gen.top_p,)))
-    return tuple(out)
-
-
-def temperature(t):
-    """Sampling temperature: scores / t (plain arithmetic, so one implementation serves the three backends)."""
-    return lambda ids, cur, scores: scores / t
-
-
-# every processor a backend implements, by the name processor_specs gives it (temperature is written once, here)
-PROCESSOR_NAMES = (
-    "repetition_penalty",
-    "no_repeat_ngram",
-    "bad_words",
-    "min_length",
-    "force",
-    "temperature",
-    "top_k",
-    "top_p",
-)
-
-
-def processor_table(namespace: dict) -> dict:
-    """A backend module's processors by name (``processor_table(globals())``); ``temperature`` is the core's."""
-    table = {"temperature": temperature, **{n: namespace[n] for n in PROCESSOR_NAMES if n in namespace}}
-    missing = [n for n in PROCESSOR_NAMES if n not in table]
-    if missing:
-        raise NotImplementedError(f"{namespace.get('__name__')}: no implementation of the processors {missing}")
-    return table
-
-
-def build_processors(specs, implementations: dict) -> list:
-    """Processors from their specs: ``implementations[name](*args, *values)``."""
-    return [implementations[s.name](*s.args, *s.values) for s in specs]
-
-
-def run_processors(processors, ids, cur, scores):
-    """Apply ``processors`` in order to the step's scores (N, V); ``ids`` (N, L) holds ``cur`` real positions."""
-    for proc in processors:
-        scores = proc(ids, cur, scores)
-    return scores
 
 
 # ------------------------------------------------------------------------------- the ops adapter
@@ -180,6 +106,15 @@ class Ops:
     def record(self, buf, step, scores): ...  # buf[step] = scores (buf (L-P,N,V) or a placeholder)
     def reorder_cache(self, cache, rows): ...  # the cache of rows (N,): beams follow their parents
 
+    def index(self, x):
+        return x  # a position as the backend indexes with it (a Python int in PyTorch eager, else traced)
+
+    def loop(self, n: int, body, carry):
+        """``carry = body(j, carry)`` for j in range(n) (a compiled loop in TF and Flax)."""
+        for j in range(n):
+            carry = body(j, carry)
+        return carry
+
 
 class SearchOutput(NamedTuple):
     """A search's fixed-size buffers; :func:`trim` cuts them to what was generated."""
@@ -190,6 +125,7 @@ class SearchOutput(NamedTuple):
     scores: Any  # (L-P, N, V) processed scores per step, or a placeholder / None
     sequences_scores: Any = None  # beams: (N',) final hypothesis scores
     beam_indices: Any = None  # beams: (N', L-P) row chosen at each step, -1 after the end
+    assisted: Any = None  # assisted decoding: () counts (decoder calls, candidates, candidates kept)
 
 
 # ------------------------------------------------------------------------------- greedy and sampling
@@ -415,11 +351,15 @@ def trim(out: SearchOutput, prompt_length: int, want_scores: bool) -> GenerateOu
     """
     scores = tuple(out.scores[i] for i in range(int(out.steps))) if want_scores else None
     beams = out.beam_indices is not None
+    counts = (None,) * 3 if out.assisted is None else tuple(int(c) for c in out.assisted)
     return GenerateOutput(
         sequences=out.sequences[:, : out.length],
         scores=scores,
         sequences_scores=out.sequences_scores if beams else None,
         beam_indices=out.beam_indices[:, : out.length - prompt_length] if beams else None,
+        decoder_calls=counts[0],
+        candidate_tokens=counts[1],
+        accepted_tokens=counts[2],
     )
 
 
@@ -453,6 +393,7 @@ class GenerateDriver(GenerationConfigMixin):
         ``return_dict_in_generate=True``. Each backend's module documents its own keywords.
         """
         options = {k: kwargs.pop(k, v) for k, v in self.generate_options.items()}
+        assistant = options["assistant_model"] = kwargs.pop("assistant_model", None)
         encoder_outputs = kwargs.pop("encoder_outputs", None)
         prompt_ids, prompt_mask = kwargs.pop("decoder_input_ids", None), kwargs.pop("decoder_attention_mask", None)
         gen = self._generation_config(kwargs.pop("generation_config", None), kwargs)
@@ -461,7 +402,23 @@ class GenerateDriver(GenerationConfigMixin):
         states, mask = self._generation_source(input_ids, attention_mask, encoder_outputs, probe, options)
         prompt, prompt_mask = self._decoder_prompt(int(states.shape[0]), probe.start_id, prompt_ids, prompt_mask)
         limit = max_positions(self.config.decoder)
-        plan = resolve(gen, prompt_length=int(prompt.shape[1]), vocab_size=vocab, max_positions=limit)
+        if assistant is not None:
+            from encdec_core.assisted import check_assistant
+
+            check_assistant(self, assistant)
+        plan = resolve(
+            gen,
+            prompt_length=int(prompt.shape[1]),
+            vocab_size=vocab,
+            max_positions=limit,
+            assistant=assistant is not None,
+            assistant_positions=None if assistant is None else max_positions(assistant.config.decoder),
+        )
+        if plan.candidates and input_ids is None:
+            raise InputError(
+                "generate: assisted decoding needs input_ids (the source tokens), not only encoder_outputs"
+            )
+        options["source"] = input_ids
         want_scores = bool(gen.return_dict_in_generate and gen.output_scores)
         raw = self._search(plan, states, mask, prompt, prompt_mask, want_scores, options)
         out = trim(raw, plan.prompt_length, want_scores)

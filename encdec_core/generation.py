@@ -76,7 +76,6 @@ UNSUPPORTED = {
     "renormalize_logits": False,
     "max_time": None,
     "stop_strings": None,
-    "prompt_lookup_num_tokens": None,
     "dola_layers": None,
     "watermarking_config": None,
     "low_memory": None,
@@ -112,6 +111,10 @@ class GenerationConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list | None = None  # one id or several
     pad_token_id: int | None = None  # fills rows that finished
+    prompt_lookup_num_tokens: int | None = None  # assisted: K candidates per call copied from the source
+    max_matching_ngram_size: int | None = None  # prompt lookup: longest n-gram matched (None: 2)
+    num_assistant_tokens: int = 20  # assisted with assistant_model=: K draft tokens per call
+    num_assistant_tokens_schedule: str = "constant"  # K stays fixed (static shapes): every schedule is constant
     extra: dict[str, Any] = field(default_factory=dict)  # keys we do not model, kept verbatim
 
     def __post_init__(self) -> None:
@@ -230,6 +233,9 @@ class GenerationPlan:
     min_length: int  # EOS banned while the sequence is shorter than this (0: off)
     num_beams: int
     num_return_sequences: int
+    candidates: int = 0  # assisted decoding: K candidate tokens verified per decoder call (0: off)
+    assistant: bool = False  # assisted by a draft model (else by prompt lookup, when candidates > 0)
+    lookup_ngram: int = 2  # prompt lookup: longest n-gram matched
 
     @property
     def max_new_tokens(self) -> int:
@@ -287,11 +293,18 @@ def _as_ids(value: Any, name: str) -> tuple[int, ...]:
 
 
 def resolve(
-    gen: GenerationConfig, *, prompt_length: int, vocab_size: int, max_positions: int | None = None
+    gen: GenerationConfig,
+    *,
+    prompt_length: int,
+    vocab_size: int,
+    max_positions: int | None = None,
+    assistant: bool = False,
+    assistant_positions: int | None = None,
 ) -> GenerationPlan:
     """Check ``gen`` for one call and work out its lengths, special tokens and strategy.
 
-    ``max_positions``: the decoder's position-embedding count, which ``max_length`` must not exceed.
+    ``max_positions``: the decoder's position-embedding count, which ``max_length`` must not exceed;
+    ``assistant``: an ``assistant_model`` was given (``assistant_positions``: its decoder's count).
     """
     for key, neutral in UNSUPPORTED.items():
         if gen.extra.get(key, neutral) not in (neutral, None):
@@ -334,9 +347,37 @@ def resolve(
         _as_ids(words, "bad_words_ids")
     beams = gen.num_beams
     strategy = ("beam_sample" if gen.do_sample else "beam") if beams > 1 else ("sample" if gen.do_sample else "greedy")
-    return GenerationPlan(
+    plan = GenerationPlan(
         gen, strategy, start, eos, pad, prompt_length, max_length, min_length, beams, gen.num_return_sequences
     )
+    return _assisted(plan, assistant, (max_positions, assistant_positions))
+
+
+def _assisted(plan: GenerationPlan, assistant: bool, limits) -> GenerationPlan:
+    """The plan with assisted decoding's settings: greedy only; K capped by the new tokens and the positions."""
+    gen, lookup = plan.config, plan.config.prompt_lookup_num_tokens
+    if not assistant and lookup is None:
+        return plan
+    if assistant and lookup is not None:
+        raise GenerationError("generate: give assistant_model= or prompt_lookup_num_tokens=, not both")
+    if plan.strategy != "greedy":
+        raise GenerationError(
+            f"assisted decoding (assistant_model= / prompt_lookup_num_tokens=) is greedy search: got {plan.strategy} "
+            f"(num_beams={gen.num_beams}, do_sample={gen.do_sample}); set num_beams=1 and do_sample=False"
+        )
+    k = gen.num_assistant_tokens if assistant else lookup
+    name = "num_assistant_tokens" if assistant else "prompt_lookup_num_tokens"
+    if k < 1:
+        raise GenerationError(f"generate: {name} must be >= 1, got {k}")
+    ngram = 2 if gen.max_matching_ngram_size is None else gen.max_matching_ngram_size
+    if ngram < 1:
+        raise GenerationError(f"generate: max_matching_ngram_size must be >= 1, got {ngram}")
+    k = min(k, plan.max_new_tokens)
+    for limit in limits:  # the last call writes positions up to L + K - 3, which every decoder must embed
+        if limit is not None:
+            k = min(k, limit - plan.max_length + 2)
+    k = max(k, 1)
+    return dataclasses.replace(plan, candidates=k, assistant=assistant, lookup_ngram=ngram)
 
 
 def _check_ranges(gen: GenerationConfig) -> None:

@@ -141,6 +141,11 @@ class GenerateOutput(ModelOutput):
     scores: Any = None  # with output_scores: tuple per step of (rows, V) processed scores
     sequences_scores: Any = None  # beam search: (B * num_return_sequences,) final hypothesis scores
     beam_indices: Any = None  # beam search: (B * num_return_sequences, T - prompt) row chosen at each step, -1 after
+    # assisted decoding (prompt_lookup_num_tokens / assistant_model): verifying decoder calls, candidate tokens
+    # that could have been kept, and those kept; accepted_tokens / candidate_tokens is the acceptance rate
+    decoder_calls: Any = None
+    candidate_tokens: Any = None
+    accepted_tokens: Any = None
 
 
 # ------------------------------------------------------------------ building outputs (the three wrappers)

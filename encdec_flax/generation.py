@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from encdec_core.assisted import AssistedSearch, buffer_lengths, make_proposer
 from encdec_core.decoding import DecoderCache, GenerateDriver, Ops, SearchOutput, make_search
 from encdec_core.errors import InputError
 from encdec_core.generation import mask_pad_id, prepend_start
@@ -100,6 +101,9 @@ class FlaxOps(Ops):
 
     def record(self, buf, step, scores):
         return None if buf is None else buf.at[step].set(scores)
+
+    def loop(self, n, body, carry):
+        return lax.fori_loop(0, n, body, carry)
 
     def reorder_cache(self, cache, rows):
         """The self-attention cache follows the beams (rows (N,)); the shared cross keys/values stay."""
@@ -186,9 +190,45 @@ class GenerationMixin(GenerateDriver):
         """Generation's jitted functions, built once per model; jax keeps one compile per static settings and shapes."""
         jits = self.__dict__.setdefault("_generation_jits", {})
         if name not in jits:
-            fn, static = (self._encoder_states, ()) if name == "encode" else (self._decode, (0,))
+            fn, static = {"encode": (self._encoder_states, ()), "generate": (self._decode, (0,))}.get(
+                name, (self._assisted, (0, 1))
+            )
             jits[name] = jax.jit(fn, static_argnums=static, **self.jit_options)
         return jits[name]
+
+    def _assisted(
+        self, static: Static, assistant, params, draft_params, enc, enc_mask, source, prompt, dec_mask, values
+    ):
+        """Assisted greedy search (:mod:`encdec_core.assisted`) in one ``lax.while_loop``: prompt lookup over
+        ``source`` (B,S), or the draft model ``assistant`` (static) with ``draft_params`` on its own cache."""
+        slots, rows = buffer_lengths(static)
+
+        def calls(model, weights):
+            def step(ids, cache):
+                out = model.apply(weights, ids, decoder_attention_mask=dec_mask, cache=cache, method="decode")
+                return out.logits.astype(jnp.float32), out.past_key_values
+
+            return step
+
+        def cache_of(model, weights, states):  # the prompt but its last token written
+            cache = model.apply(
+                weights, states, slots, rows=prompt.shape[0], encoder_attention_mask=enc_mask, method="init_cache"
+            )
+            return calls(model, weights)(prompt[:, :-1], cache)[1] if static.prompt_length > 1 else cache
+
+        ops = FlaxOps(flax_processors(static, values), values)
+        draft, draft_step = None, None
+        if assistant is not None:
+            states = assistant.apply(draft_params, source, enc_mask, method="encode").last_hidden_state
+            draft, draft_step = cache_of(assistant, draft_params, states), calls(assistant, draft_params)
+        proposer = make_proposer(ops, static, source=source, source_mask=enc_mask, draft_step=draft_step)
+        search = AssistedSearch(
+            ops, proposer, width=static.candidates, max_length=static.max_length, prompt_length=static.prompt_length
+        )
+        scores = jnp.zeros((rows, prompt.shape[0], static.vocab), jnp.float32) if static.output_scores else None
+        state = search.init(prompt, cache_of(self, params, enc), draft, scores)
+        state = lax.while_loop(search.cond, lambda s: search.iterate(s, calls(self, params)), state)
+        return search.outputs(state)
 
     def _encoder_states(self, params, input_ids, attention_mask):
         return self.apply(params, input_ids, attention_mask, method="encode").last_hidden_state  # (B,S,D_enc)
@@ -252,13 +292,18 @@ class GenerationMixin(GenerateDriver):
         """The whole decoding in one jitted function (see :meth:`_decode`); sampling draws from ``prng_key``."""
         b, g = states.shape[0], plan.rows_per_source
         dec_mask = None
-        if prompt_mask is not None:  # with a cache the decoder mask covers the L slots
-            ones = np.ones((b, plan.max_length - prompt_mask.shape[1]), np.int32)
-            dec_mask = np.repeat(np.concatenate([prompt_mask, ones], 1), g, 0)  # (N,L)
+        if prompt_mask is not None:  # with a cache the decoder mask covers the cache's slots
+            ones = np.ones((b, buffer_lengths(plan)[0] - prompt_mask.shape[1]), np.int32)
+            dec_mask = np.repeat(np.concatenate([prompt_mask, ones], 1), g, 0)  # (N, slots)
         key, seed = options["prng_key"], options["seed"]
         key = key if key is not None else jax.random.PRNGKey(0 if seed is None else seed)
         static, values = split_plan(plan, self.config.decoder.vocab_size, want_scores)
         params = self.params if options["params"] is None else options["params"]
+        if plan.candidates:
+            assistant, source = options["assistant_model"], jnp.asarray(options["source"], jnp.int32)
+            draft_params = None if assistant is None else assistant.params
+            args = (static, assistant, params, draft_params, states, mask, source, prompt, dec_mask, values)
+            return jax.device_get(self._compiled("assisted")(*args))
         out = self._compiled("generate")(static, params, states, mask, np.repeat(prompt, g, 0), dec_mask, values, key)
         return jax.device_get(out)
 

@@ -50,6 +50,13 @@ class Static:
     num_return_sequences: int
     processors: tuple[tuple[str, tuple], ...]  # (name, args) of each processor spec, in order
     output_scores: bool  # keep each step's processed scores
+    candidates: int = 0  # assisted decoding (encdec_core.assisted): K candidates per call, 0: off
+    assistant: bool = False  # a draft model proposes (else prompt lookup)
+    lookup_ngram: int = 2  # prompt lookup's longest n-gram
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_length - self.prompt_length
 
     def search_settings(self) -> dict:
         """:func:`encdec_core.decoding.make_search`'s arguments."""
@@ -71,7 +78,12 @@ def split_plan(plan: GenerationPlan, vocab: int, output_scores: bool = False) ->
     """A call's plan -> (:class:`Static`, the traced values: :func:`knobs`)."""
     specs = processor_specs(plan)
     static = Static(
-        **search_settings(plan, vocab), processors=tuple((s.name, s.args) for s in specs), output_scores=output_scores
+        **search_settings(plan, vocab),
+        processors=tuple((s.name, s.args) for s in specs),
+        output_scores=output_scores,
+        candidates=plan.candidates,
+        assistant=plan.assistant,
+        lookup_ngram=plan.lookup_ngram,
     )
     return static, knobs(plan, specs)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from encdec_core.assisted import AssistedSearch, buffer_lengths, make_proposer
 from encdec_core.decoding import (
     DecoderCache,
     GenerateDriver,
@@ -32,7 +33,7 @@ from encdec_core.errors import InputError
 from encdec_core.generation import mask_pad_id, prepend_start
 from encdec_core.outputs import BaseModelOutput
 from encdec_core.validation import check_batch, max_positions
-from encdec_pt.kernels import packed_weights
+from encdec_pt.kernels import packed_after
 from encdec_pt.layers import allocate_cache, is_static, reorder_cache
 
 # (ids (N,L) buffer, cur, scores (N,V)) -> scores; ids[:, :cur] are the rows so far
@@ -214,6 +215,9 @@ class TorchOps(Ops):
     def reorder_cache(self, cache, rows):
         return reorder_cache(cache, rows)
 
+    def index(self, x):
+        return int(x)  # an eager cache index and cur are Python ints
+
 
 # ------------------------------------------------------------------------------- decoder steps
 def _step(decoder, ids, cache: DecoderCache, dec_mask):
@@ -338,32 +342,68 @@ class GenerationMixin(GenerateDriver):
     def _search(self, plan, states, mask, prompt, prompt_mask, want_scores, options):
         """The search on a preallocated cache: ``compile`` runs each step through ``torch.compile`` (static cache)."""
         compile, generator = options["compile"], options["generator"]
+        if compile and plan.candidates:
+            raise InputError("generate: compile=True does not run assisted decoding; leave compile off with it")
         b, dev, vocab = states.shape[0], states.device, self.config.decoder.vocab_size
         g, p = plan.rows_per_source, plan.prompt_length
+        slots, rows = buffer_lengths(plan)
         dec_mask = None
-        if prompt_mask is not None:  # with a cache the decoder mask covers the L slots
-            dec_mask = torch.cat([prompt_mask, prompt_mask.new_ones(b, plan.max_length - p)], 1).repeat_interleave(g, 0)
+        if prompt_mask is not None:  # with a cache the decoder mask covers the cache's slots
+            dec_mask = torch.cat([prompt_mask, prompt_mask.new_ones(b, slots - p)], 1).repeat_interleave(g, 0)
         if generator is None and options["seed"] is not None:
             generator = torch.Generator(device=dev).manual_seed(options["seed"])
-        cache = self.init_cache(b * g, plan.max_length, states, mask)
         step = _compiled_step(compile) if compile else _step
-        if compile:  # a tensor index: every step has the same shapes (see encdec_pt.layers.allocate_cache)
-            cache = cache._replace(index=torch.zeros((), dtype=torch.long, device=dev))
         prompt = prompt.repeat_interleave(g, 0)  # (N, P)
-        # the prompt but its last token, which the loop feeds; a static cache takes one token per call (one graph)
-        chunks = [prompt[:, j : j + 1] for j in range(p - 1)] if compile else [prompt[:, : p - 1]] if p > 1 else []
-        for ids in chunks:
-            step(self.decoder, ids, cache, dec_mask)
-            cache = cache._replace(index=cache.index + ids.shape[1])
+        cache = _prefill(step, self.decoder, self.init_cache(b * g, slots, states, mask), prompt, dec_mask, compile)
         ops = TorchOps(plan, build_processors(processor_specs(plan), PROCESSORS), dev)
+        scores = torch.zeros((rows, b * g, vocab), device=dev) if want_scores else None
+        if plan.candidates:
+            return self._assisted(plan, ops, prompt, cache, dec_mask, mask, options, scores)
         search = make_search(ops, **search_settings(plan, vocab))
-        scores = torch.zeros((plan.max_new_tokens, b * g, vocab), device=dev) if want_scores else None
         state = search.init(prompt, cache, generator, scores)
-        with packed_weights():  # decode steps of a few rows stream prepacked weights (encdec_pt.kernels)
+        with packed_after() as tick:  # decode steps of a few rows stream prepacked weights (encdec_pt.kernels)
             while bool(search.cond(state)):
+                tick()
                 logits = step(self.decoder, search.last_tokens(state), state.cache, dec_mask)[:, -1].float()  # (N, V)
                 state = search.body(state._replace(cache=state.cache._replace(index=state.cache.index + 1)), logits)
         return search.outputs(state)
+
+    def _assisted(self, plan, ops, prompt, cache, dec_mask, mask, options, scores):
+        """Assisted greedy search (:mod:`encdec_core.assisted`): prompt lookup, or a draft model's own cache."""
+        source, assistant = torch.as_tensor(options["source"], device=prompt.device), options["assistant_model"]
+
+        def calls(decoder):
+            return lambda ids, c: (_step(decoder, ids, c, dec_mask).float(), c._replace(index=c.index + ids.shape[1]))
+
+        draft = None
+        if assistant is not None:
+            states = encoder_states(assistant.encode(source, mask))
+            draft = assistant.init_cache(prompt.shape[0], cache.max_length, states, mask)
+            draft = _prefill(_step, assistant.decoder, draft, prompt, dec_mask, False)
+        proposer = make_proposer(
+            ops, plan, source=source, source_mask=mask, draft_step=calls(assistant.decoder) if draft else None
+        )
+        search = AssistedSearch(
+            ops, proposer, width=plan.candidates, max_length=plan.max_length, prompt_length=plan.prompt_length
+        )
+        state = search.init(prompt, cache, draft, scores)
+        with packed_after() as tick:
+            while bool(search.cond(state)):
+                tick()
+                state = search.iterate(state, calls(self.decoder))
+        return search.outputs(state)
+
+
+def _prefill(step, decoder, cache: DecoderCache, prompt, dec_mask, static: bool) -> DecoderCache:
+    """The cache with the prompt but its last token (which the search feeds) written; a static cache (``compile``)
+    takes one token per call: one graph."""
+    p = prompt.shape[1]
+    if static:  # a tensor index: every step has the same shapes (see encdec_pt.layers.allocate_cache)
+        cache = cache._replace(index=torch.zeros((), dtype=torch.long, device=prompt.device))
+    for ids in [prompt[:, j : j + 1] for j in range(p - 1)] if static else [prompt[:, : p - 1]] if p > 1 else []:
+        step(decoder, ids, cache, dec_mask)
+        cache = cache._replace(index=cache.index + ids.shape[1])
+    return cache
 
 
 __all__ = ["GenerationMixin", "TorchOps", "PROCESSORS"]

@@ -6,6 +6,13 @@ weights at well under the machine's read bandwidth; oneDNN's inner-product kerne
 weight reordered once into its blocked layout (``mkldnn._reorder_linear_weight``) streams it
 close to that bandwidth (measured in ``benchmarks/``, with ``shared/tools/decode_floor.py``).
 
+Measured per weight shape (``benchmarks/RESULTS.md``): with 1 to 3 rows MKL already streams the
+weights at the machine's bandwidth and oneDNN is no faster (slower for weights that fit in the
+cache), with 4 or more it is up to twice as fast; so calls of fewer than ``MIN_ROWS`` rows keep
+``F.linear``. Packing costs about one pass over the weights, a few decode steps' worth, so
+``generate`` enters the packed scope only from its ``PACK_AFTER``-th decoder call on
+(:func:`packed_after`): a short generation never pays for copies it cannot amortise.
+
 The path is active only inside :func:`packed_weights` (``generate`` enters it): there a
 layer's packed copy is made on first use and kept beside the module (not a parameter or
 buffer: ``state_dict`` and checkpoints are unchanged), and every copy is dropped on exit.
@@ -19,7 +26,7 @@ much memory as the weights they serve; ``set_packed_linear(False)`` (or
 ``ENCDEC_PACKED_LINEAR=0``) turns the path off.
 
 >>> import torch
->>> w, x, layer = torch.randn(7, 5), torch.randn(3, 5), torch.nn.Module()
+>>> w, x, layer = torch.randn(7, 5), torch.randn(4, 5), torch.nn.Module()
 >>> with torch.no_grad(), packed_weights():
 ...     y = linear(x, w, None, owner=layer)
 ...     kept = "_packed_weight" in layer.__dict__
@@ -32,13 +39,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MAX_ROWS = 64  # above this a GEMM is compute-bound and MKL's addmm is as fast
+MIN_ROWS = 4  # below this MKL's addmm already streams the weights at the memory bandwidth
+PACK_AFTER = 8  # decoder calls of a generate before its weights are packed (packing costs ~ a few steps)
 _STATE = {"enabled": os.environ.get("ENCDEC_PACKED_LINEAR", "1") != "0"}
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _SCOPE = threading.local()  # .owners: the modules holding a packed copy in the current scope, or None
@@ -68,6 +77,22 @@ def packed_weights() -> Iterator[None]:
         _SCOPE.owners = None
 
 
+@contextlib.contextmanager
+def packed_after(calls: int | None = None) -> Iterator[Callable[[], None]]:
+    """Yields ``tick()``, to call once per decoder call: :func:`packed_weights` is entered at the ``calls``-th
+    (default :data:`PACK_AFTER`)."""
+    calls = PACK_AFTER if calls is None else calls
+    with contextlib.ExitStack() as stack:
+        count = [0]
+
+        def tick() -> None:
+            count[0] += 1
+            if count[0] == calls:
+                stack.enter_context(packed_weights())
+
+        yield tick
+
+
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if (
         getattr(_SCOPE, "owners", None) is None
@@ -85,7 +110,7 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
         return False
-    return x.numel() <= MAX_ROWS * x.shape[-1]
+    return MIN_ROWS * x.shape[-1] <= x.numel() <= MAX_ROWS * x.shape[-1]
 
 
 def _packed(owner: nn.Module, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -122,4 +147,14 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, owner=self)
 
 
-__all__ = ["Linear", "linear", "packed_weights", "set_packed_linear", "packed_linear_enabled", "MAX_ROWS"]
+__all__ = [
+    "Linear",
+    "linear",
+    "packed_weights",
+    "packed_after",
+    "set_packed_linear",
+    "packed_linear_enabled",
+    "MAX_ROWS",
+    "MIN_ROWS",
+    "PACK_AFTER",
+]

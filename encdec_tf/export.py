@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from encdec_core.decoding import trim
+from encdec_core.errors import InputError
 from encdec_core.generation import resolve
 from encdec_core.validation import max_positions
 from encdec_tf.generation import decoding_function, encoder_function, knobs
@@ -37,6 +38,8 @@ def export_generate(model, path: str | os.PathLike, **settings) -> Path:
         vocab_size=model.config.decoder.vocab_size,
         max_positions=max_positions(model.config.decoder),
     )
+    if plan.candidates:
+        raise InputError("export_generate: assisted decoding (prompt_lookup_num_tokens) is not exported; drop it")
     encode = encoder_function(model, jit_compile=True)
     decode = decoding_function(model, plan, want_scores=False, jit_compile=True)
 
@@ -45,7 +48,9 @@ def export_generate(model, path: str | os.PathLike, **settings) -> Path:
     def run(input_ids, attention_mask, seed):
         prompt = tf.fill((tf.shape(input_ids)[0], 1), plan.start_id)  # (B, 1): the decoder start token
         states = encode(input_ids, attention_mask)
-        out = trim(decode(states, attention_mask, prompt, tf.ones_like(prompt), {**fixed, "seed": seed}), 1, False)
+        out = trim(
+            decode(states, attention_mask, input_ids, prompt, tf.ones_like(prompt), {**fixed, "seed": seed}), 1, False
+        )
         if plan.num_beams > 1:
             return {"sequences": out.sequences, "sequences_scores": out.sequences_scores}
         return {"sequences": out.sequences}

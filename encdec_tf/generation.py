@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from encdec_core.assisted import buffer_lengths
 from encdec_core.decoding import EARLY_STOPPING, DecoderCache, GenerateDriver, processor_specs
 from encdec_core.driver import encoder_states
 from encdec_core.errors import InputError
@@ -26,7 +27,7 @@ from encdec_core.outputs import BaseModelOutput
 from encdec_core.validation import check_batch
 from encdec_tf.modeling_utils import check_ids
 from encdec_tf.processors import tf_processors
-from encdec_tf.search import search_loop
+from encdec_tf.search import assisted_loop, search_loop
 
 
 # ------------------------------------------------------------------------------- compiled decoding
@@ -42,6 +43,7 @@ def static_key(plan: GenerationPlan, **flags) -> tuple:
         plan.max_length,
         plan.num_beams,
         plan.num_return_sequences,
+        (plan.candidates, plan.assistant, plan.lookup_ngram),
         specs,
         *sorted(flags.items()),
     )
@@ -85,26 +87,31 @@ def encoder_function(model, jit_compile: bool) -> Callable:
     return compiled.fns[key]
 
 
-def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_compile: bool) -> Callable:
-    """``fn(states, source_mask, prompt, prompt_mask, knobs) -> raw outputs``, cached on the model.
+def decoding_function(model, plan: GenerationPlan, *, want_scores: bool, jit_compile: bool, assistant=None) -> Callable:
+    """``fn(states, source_mask, source, prompt, prompt_mask, knobs) -> raw outputs``, cached on the model.
 
-    ``states`` (B, S, D_enc) encoder states; ``source_mask`` (B, S) int32; ``prompt`` and
-    ``prompt_mask`` (B, P) int32; ``knobs``: see :func:`knobs`. Traced once per input shape.
+    ``states`` (B, S, D_enc) encoder states; ``source_mask`` (B, S) int32; ``source`` (B, S) int32 ids
+    (read by assisted decoding only); ``prompt`` and ``prompt_mask`` (B, P) int32; ``knobs``: see
+    :func:`knobs`. Traced once per input shape; an ``assistant`` model (assisted decoding) is part of the key.
     """
     compiled = _compiled(model)
-    key = static_key(plan, want_scores=want_scores, jit_compile=jit_compile)
+    key = static_key(plan, want_scores=want_scores, jit_compile=jit_compile, assistant=id(assistant))
     if key in compiled.fns:
         return compiled.fns[key]
     g, vocab = plan.rows_per_source, model.config.decoder.vocab_size
 
-    def decode(states, source_mask, prompt, prompt_mask, knobs):
+    def decode(states, source_mask, source, prompt, prompt_mask, knobs):
         compiled.traces += 1  # runs only while tracing
         processors = tf_processors(plan, eos=knobs["eos"])
         prompt = tf.repeat(prompt, g, axis=0)  # (N, P)
+        slots = buffer_lengths(plan)[0]
+        ones = tf.ones((tf.shape(prompt_mask)[0], slots - plan.prompt_length), tf.int32)
+        dec_mask = tf.repeat(tf.concat([prompt_mask, ones], 1), g, axis=0)  # (N, slots)
+        if plan.candidates:
+            sources = (states, source_mask, source)
+            return assisted_loop(model, assistant, plan, processors, knobs, want_scores, sources, prompt, dec_mask)
         # cross k/v computed once here, (B,H,S,K): the g rows of a source share them
         cache = model.init_cache(tf.shape(prompt)[0], plan.max_length, states, source_mask)
-        ones = tf.ones((tf.shape(prompt_mask)[0], plan.max_new_tokens), tf.int32)
-        dec_mask = tf.repeat(tf.concat([prompt_mask, ones], 1), g, axis=0)  # (N, L)
 
         def step(ids, cache):
             logits, cache = model.decode_step(ids, cache, dec_mask)
@@ -216,8 +223,17 @@ class GenerationMixin(GenerateDriver):
 
     def _search(self, plan, states, mask, prompt, prompt_mask, want_scores, options):
         """The whole decoding as one compiled function (see :func:`decoding_function`)."""
-        fn = decoding_function(self, plan, want_scores=want_scores, jit_compile=options["jit_compile"])
-        return fn(states, mask, prompt, prompt_mask, knobs(plan, self.config.decoder.vocab_size, options["seed"]))
+        fn = decoding_function(
+            self,
+            plan,
+            want_scores=want_scores,
+            jit_compile=options["jit_compile"],
+            assistant=options["assistant_model"],
+        )
+        source = tf.zeros_like(mask) if options["source"] is None else tf.cast(options["source"], tf.int32)
+        return fn(
+            states, mask, source, prompt, prompt_mask, knobs(plan, self.config.decoder.vocab_size, options["seed"])
+        )
 
     def export_generate(self, path, **settings):
         """Save a SavedModel whose serving signature generates; see :func:`encdec_tf.export.export_generate`."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from encdec_core.assisted import AssistedSearch, buffer_lengths, make_proposer
 from encdec_core.decoding import (
     EARLY_STOPPING,
     NEG,
@@ -115,6 +116,9 @@ class TFOps(Ops):
     def reorder_cache(self, cache, rows):
         return reorder_cache(cache, rows, shared_cross=True)
 
+    def loop(self, n, body, carry):
+        return tf.while_loop(lambda j, c: j < n, lambda j, c: (j + 1, body(j, c)), (tf.constant(0), carry))[1]
+
 
 def search_loop(
     step: Step,
@@ -147,4 +151,40 @@ def search_loop(
     return search.outputs(state)
 
 
-__all__ = ["TFOps", "search_loop", "Step", "EARLY_STOPPING", "NEG"]
+def assisted_loop(model, assistant, plan, processors, knobs, want_scores, sources, prompt, dec_mask):
+    """Assisted greedy search (:mod:`encdec_core.assisted`) as one ``tf.while_loop``.
+
+    ``sources``: (encoder states (B,S,D_enc), source mask (B,S), source ids (B,S)); ``dec_mask`` (N, slots).
+    The draft model (``assistant``, or None: prompt lookup) encodes the source and decodes on its own cache.
+    """
+    states, mask, source = sources
+    slots, rows = buffer_lengths(plan)
+    ops = TFOps(processors, knobs)
+
+    def calls(m):
+        def step(ids, cache):
+            logits, cache = m.decode_step(ids, cache, dec_mask)
+            return tf.cast(logits, tf.float32), cache
+
+        return step
+
+    def cache_of(m, enc):  # the prompt but its last token written
+        cache = m.init_cache(tf.shape(prompt)[0], slots, enc, mask)
+        return calls(m)(prompt[:, :-1], cache)[1] if plan.prompt_length > 1 else cache
+
+    draft = tf.zeros((0,))  # a placeholder: prompt lookup has no draft cache
+    if assistant is not None:
+        draft = cache_of(assistant, assistant.encoder(input_ids=source, attention_mask=mask).last_hidden_state)
+    proposer = make_proposer(
+        ops, plan, source=source, source_mask=mask, draft_step=calls(assistant) if assistant else None
+    )
+    search = AssistedSearch(
+        ops, proposer, width=plan.candidates, max_length=plan.max_length, prompt_length=plan.prompt_length
+    )
+    scores = tf.zeros((rows, tf.shape(prompt)[0], model.config.decoder.vocab_size)) if want_scores else tf.zeros((0,))
+    state = search.init(prompt, cache_of(model, states), draft, scores)
+    (state,) = tf.while_loop(search.cond, lambda s: (search.iterate(s, calls(model)),), (state,))
+    return search.outputs(state)
+
+
+__all__ = ["TFOps", "search_loop", "assisted_loop", "Step", "EARLY_STOPPING", "NEG"]

@@ -18,9 +18,17 @@ run_kwargs = functools.partial(harness.run_kwargs, "pt")
 batch = functools.partial(harness.batch, "pt")
 
 
-def generate(model, pair: str, run: dict):
+def generate(model, pair: str, run: dict, tiles: int = 2):
+    """The fixture batch repeated ``tiles`` times: 6 rows, enough for the packed path (kernels.MIN_ROWS)."""
     ids, mask = batch(pair)
-    return model.generate(ids, attention_mask=mask, **(run_kwargs(run) | {"return_dict_in_generate": True}))
+    kw = run_kwargs(run) | {"return_dict_in_generate": True}
+    if "decoder_input_ids" in kw:
+        kw["decoder_input_ids"] = kw["decoder_input_ids"].repeat(tiles, 1)
+    return model.generate(ids.repeat(tiles, 1), attention_mask=mask.repeat(tiles, 1), **kw)
+
+
+def tiled(run: dict, tiles: int = 2) -> dict:
+    return {**run, "sequences": run["sequences"] * tiles}
 
 
 @pytest.fixture
@@ -44,7 +52,7 @@ def test_packed_generate_gives_transformers_ids_and_the_unpacked_ids(pair, run_n
     run = generations(pair)["runs"][run_name]
     out = generate(model, pair, run)
     assert packing_calls, "generate did not take the packed path"
-    assert_same_ids(out, run, model.config.pad_token_id, f"{pair}/{run_name} packed")
+    assert_same_ids(out, tiled(run), model.config.pad_token_id, f"{pair}/{run_name} packed")
     kernels.set_packed_linear(False)
     try:
         plain = generate(model, pair, run)
@@ -72,7 +80,7 @@ def test_copies_are_dropped_after_generate_and_weights_edited_through_data_are_s
 
 def test_outside_generate_or_with_autograd_the_plain_kernel_runs(packing_calls):
     layer = kernels.Linear(37, 11)
-    x = torch.randn(3, 37)
+    x = torch.randn(kernels.MIN_ROWS, 37)
     y = layer(x)  # no scope: F.linear
     with kernels.packed_weights():
         y_grad = layer(x)  # the weight needs a gradient: F.linear
@@ -81,3 +89,17 @@ def test_outside_generate_or_with_autograd_the_plain_kernel_runs(packing_calls):
     assert len(packing_calls) == 1 and y_grad.requires_grad
     assert torch.equal(y, y_grad)
     assert_close(y_packed, y.detach(), what="packed linear")
+
+
+def test_few_rows_and_short_generations_keep_the_plain_kernel(packing_calls):
+    """Measured: with fewer than MIN_ROWS rows F.linear streams at bandwidth; packing pays only after PACK_AFTER calls."""
+    model = model_for("bert2gpt2")
+    run = generations("bert2gpt2")["runs"]["greedy"]
+    generate(model, "bert2gpt2", run, tiles=1)  # 3 rows
+    assert not packing_calls
+    ids, mask = batch("bert2gpt2")
+    short = kernels.PACK_AFTER - 2  # one decoder call per new token
+    model.generate(ids.repeat(2, 1), attention_mask=mask.repeat(2, 1), max_new_tokens=short, eos_token_id=None)
+    assert not packing_calls
+    model.generate(ids.repeat(2, 1), attention_mask=mask.repeat(2, 1), max_new_tokens=short + 4, eos_token_id=None)
+    assert packing_calls
