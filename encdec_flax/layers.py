@@ -46,6 +46,12 @@ def LayerNorm(config: PretrainedConfig, dtype: Dtype) -> nn.LayerNorm:  # noqa: 
     return nn.LayerNorm(epsilon=config.norm_eps, dtype=dtype, use_fast_variance=False)
 
 
+def dot_last(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w.T`` for w (out, in), contracting both last axes: an explicit ``w.T`` makes XLA:CPU copy the whole
+    transposed matrix at every one-token decode step (measured: a MiniLM step 24 ms instead of 7)."""
+    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+
+
 class Conv1D(nn.Module):
     """GPT-2's linear layer as HF Flax stores it: ``kernel`` (out, in), so y = x @ kernel.T + bias."""
 
@@ -57,7 +63,7 @@ class Conv1D(nn.Module):
         kernel = self.param("kernel", nn.initializers.normal(0.02), (self.features, x.shape[-1]), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return x @ kernel.T + bias
+        return dot_last(x, kernel) + bias
 
 
 # layout -> the Dense layers of an attention: query, key, value, output (BERT's output is its sublayer's AddNorm)

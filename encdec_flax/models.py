@@ -24,7 +24,7 @@ from encdec_core.architectures import architecture
 from encdec_core.configs import CONFIG_CLASSES, BartConfig, BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
 from encdec_core.outputs import BaseModelOutput, CausalLMOutput
 from encdec_core.registry import register_model
-from encdec_flax.layers import Dtype, LayerNorm, Layers, activation, run_stack
+from encdec_flax.layers import Dtype, LayerNorm, Layers, activation, dot_last, run_stack
 from encdec_flax.modeling_utils import FlaxPreTrainedModel, cross_entropy
 
 
@@ -342,7 +342,7 @@ def project(x, embedding, decoder, dtype) -> jax.Array:
     """Hidden states (B,T,D) -> logits (B,T,V): x @ embedding.T when tied, else the untied ``decoder``."""
     if decoder is not None:
         return decoder(x)
-    return x.astype(dtype) @ embedding.astype(dtype).T
+    return dot_last(x.astype(dtype), embedding.astype(dtype))
 
 
 class CausalLMModule(nn.Module):

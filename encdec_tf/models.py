@@ -398,7 +398,12 @@ class CausalLM(PreTrainedModel):
     def project(self, x):
         """x (B,T,D) -> (B,T,V) by the output matrix: the word embeddings when tied, else the LM's own."""
         if self.config.tie_word_embeddings:
-            return tf.matmul(x, self.get_input_embeddings().table, transpose_b=True)
+            # a 2-D product: the batched one made XLA:CPU copy the transposed (V, D) table at every one-token
+            # decode step (measured: a MiniLM step 37 ms, 8 ms this way)
+            table = self.get_input_embeddings().table
+            flat = tf.matmul(tf.reshape(x, (-1, x.shape[-1])), table, transpose_b=True)
+            dims = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
+            return tf.reshape(flat, [*dims, table.shape[0]])
         return self.get_output_embeddings()(x)
 
     def init_cache(
