@@ -10,6 +10,7 @@ gradient equals the global one.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -69,5 +70,23 @@ def main(mode: str, fixture: Path, out: Path) -> None:
         dist.destroy_process_group()
 
 
+def leave() -> None:
+    """End the process without the interpreter's finalization, once every output is written.
+
+    torch 2.13's ProcessGroupGloo frees a finished collective on its own worker thread, some time
+    after ``wait()`` has returned; a barrier holds the works queued before it (FSDP2's all-gathers),
+    and those hold tensors with Python objects. When the main thread is already in ``Py_Finalize``
+    by then (a loaded machine), freeing them takes the GIL, CPython ends the thread, and the forced
+    unwind through a noexcept frame calls ``std::terminate``: SIGABRT after all the work is done
+    (seen in 1 of 40 runs with both cores busy; docs/scaling.md gives the core's backtrace). The
+    group's worker threads still run after ``destroy_process_group``; leaving through ``os._exit``
+    makes the exit status the work's.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    leave()
