@@ -272,7 +272,7 @@ def _run(args) -> dict:
 def _git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],  # "-dirty": the tree had uncommitted changes
             capture_output=True,
             text=True,
             cwd=Path(__file__).parent,

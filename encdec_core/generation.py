@@ -242,6 +242,15 @@ class GenerationPlan:
         return self.max_length - self.prompt_length
 
     @property
+    def sure_new_tokens(self) -> int:
+        """Tokens every row is sure to get before it can stop: all of them without EOS, else ``min_length``'s."""
+        return (
+            self.max_new_tokens
+            if not self.eos_ids
+            else max(0, min(self.min_length, self.max_length) - self.prompt_length)
+        )
+
+    @property
     def rows_per_source(self) -> int:
         """Decoder rows per source: the beams, the samples (num_return_sequences), or 1."""
         if self.num_beams > 1:

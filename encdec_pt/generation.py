@@ -361,7 +361,8 @@ class GenerationMixin(GenerateDriver):
             return self._assisted(plan, ops, prompt, cache, dec_mask, mask, options, scores)
         search = make_search(ops, **search_settings(plan, vocab))
         state = search.init(prompt, cache, generator, scores)
-        with packed_after() as tick:  # decode steps of a few rows stream prepacked weights (encdec_pt.kernels)
+        # decode steps of a few rows stream prepacked weights (encdec_pt.kernels)
+        with packed_after(sure=plan.sure_new_tokens) as tick:
             while bool(search.cond(state)):
                 tick()
                 logits = step(self.decoder, search.last_tokens(state), state.cache, dec_mask)[:, -1].float()  # (N, V)

@@ -11,7 +11,11 @@ weights at the machine's bandwidth and oneDNN is no faster (slower for weights t
 cache), with 4 or more it is up to twice as fast; so calls of fewer than ``MIN_ROWS`` rows keep
 ``F.linear``. Packing costs about one pass over the weights, a few decode steps' worth, so
 ``generate`` enters the packed scope only from its ``PACK_AFTER``-th decoder call on
-(:func:`packed_after`): a short generation never pays for copies it cannot amortise.
+(:func:`packed_after`): a short generation never pays for copies it cannot amortise. When the
+call is sure to make that many decoder calls (no EOS, or ``min_new_tokens`` at least that), it
+packs before the first. Many calls on unchanged weights (a serving loop) can share one packing:
+wrap them in ``with packed_weights():``, which keeps the copies until the block ends (edit
+weights through ``.data`` only outside it: see below).
 
 The path is active only inside :func:`packed_weights` (``generate`` enters it): there a
 layer's packed copy is made on first use and kept beside the module (not a parameter or
@@ -78,10 +82,12 @@ def packed_weights() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def packed_after(calls: int | None = None) -> Iterator[Callable[[], None]]:
+def packed_after(calls: int | None = None, *, sure: int = 0) -> Iterator[Callable[[], None]]:
     """Yields ``tick()``, to call once per decoder call: :func:`packed_weights` is entered at the ``calls``-th
-    (default :data:`PACK_AFTER`)."""
+    (default :data:`PACK_AFTER`), or at the first when the caller is ``sure`` to make at least that many
+    calls (generation without EOS, or with ``min_new_tokens``): then waiting only costs unpacked steps."""
     calls = PACK_AFTER if calls is None else calls
+    calls = 1 if sure >= calls else calls
     with contextlib.ExitStack() as stack:
         count = [0]
 

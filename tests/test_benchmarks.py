@@ -140,3 +140,34 @@ def test_compiled_rows_join_two_processes():
     assert (
         bench.table({"rows": [row]}).splitlines()[2] == "| tf | compile | bert2gpt2 | 2000 | 2000 | 1.00 |  |  |  |  |"
     )
+
+
+def test_merge_puts_each_transformers_version_in_its_own_column_group(tmp_path):
+    """benchmarks.merge: one row per (framework, task, pair); each run's ratio is its own ours/theirs."""
+    from benchmarks import merge
+
+    def cell(s):
+        return {"error": None, "median_s": s, "peak_bytes": None}
+
+    def result(version, rows):
+        meta = {"versions": {"transformers": version, "torch": "2.13"}, "command": "c", "date": "d", "commit": "x"}
+        meta["machine"] = {"torch_threads": 1}
+        return {"meta": meta, "limits": {"gemm_flops": 1e11, "bandwidth": 2e10}, "rows": rows}
+
+    def row(task, ours, theirs, floor=0.5):
+        return {"framework": "pt", "task": task, "pair": "bert2bert", "floor_s": floor, "ours": ours, "theirs": theirs}
+
+    v4 = result("4.57.1", [row("greedy", cell(2.0), cell(4.0)), row("beam4", cell(3.0), cell(6.0))])
+    v5 = result("5.24.0", [row("greedy", cell(1.8), cell(3.0)), row("sample", cell(2.0), None)])
+    paths = [tmp_path / "v4.json", tmp_path / "v5.json"]
+    for path, res in zip(paths, (v4, v5), strict=True):
+        path.write_text(json.dumps(res))
+    lines = merge.main([str(p) for p in paths]).splitlines()
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("| fw"))) :]
+    assert "ours/HF 4.57.1" in table[0] and "ours/HF 5.24.0" in table[0]
+    assert table[2] == "| pt | greedy | bert2bert | 2000 | 4000 | 0.50 | 1800 | 3000 | 0.60 | 500.0 | 3.6 |"
+    assert table[3] == "| pt | beam4 | bert2bert | 3000 | 6000 | 0.50 |  |  |  | 500.0 | 6.0 |"
+    assert table[4] == "| pt | sample | bert2bert |  |  |  | 2000 |  |  | 500.0 | 4.0 |"
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit):
+        merge.main([str(tmp_path / "bad.json")])

@@ -69,6 +69,15 @@ def test_warm_start_reports_and_initialises_exactly_the_new_weights(enc, dec, in
     assert sorted(init_calls) == sorted(flax_names[k].removeprefix("decoder/") for k in hf_new)
 
 
+@pytest.mark.parametrize("enc,dec", [("bert", "gpt2"), ("roberta", "roberta"), ("bert", "gpt2_45")])
+def test_warm_start_composes_the_parts_shapes_as_a_trace_of_the_whole_model(enc, dec):
+    """The composite takes its tree from its parts' (one trace each, none of the whole): the same as a trace."""
+    model = FlaxEncoderDecoderModel.from_encoder_decoder_pretrained(WARM / enc, WARM / dec)
+    traced = FlaxEncoderDecoderModel(model.config, _do_init=False).shapes
+    assert model.shapes == traced and any(k.startswith("decoder/") for k in traced)
+    assert ("enc_to_dec_proj/kernel" in traced) == (dec == "gpt2_45")
+
+
 def test_warm_start_keeps_pretrained_weights_and_routes_prefixed_kwargs():
     model = FlaxEncoderDecoderModel.from_encoder_decoder_pretrained(
         WARM / "bert",

@@ -103,3 +103,67 @@ def test_few_rows_and_short_generations_keep_the_plain_kernel(packing_calls):
     assert not packing_calls
     model.generate(ids.repeat(2, 1), attention_mask=mask.repeat(2, 1), max_new_tokens=short + 4, eos_token_id=None)
     assert packing_calls
+
+
+@pytest.mark.parametrize(
+    ("settings", "first_packed"),
+    [
+        ({"eos_token_id": None}, 1),  # no EOS: every call is sure to run, so packing waits for nothing
+        ({"min_new_tokens": kernels.PACK_AFTER}, 1),  # EOS banned for PACK_AFTER tokens: as sure
+        ({"min_new_tokens": kernels.PACK_AFTER - 1}, kernels.PACK_AFTER),  # may stop early: wait
+        ({}, kernels.PACK_AFTER),
+    ],
+)
+def test_packing_starts_at_the_first_call_when_the_calls_are_sure(settings, first_packed, monkeypatch):
+    model = model_for("bert2gpt2")
+    ids, mask = batch("bert2gpt2")
+    calls, first = [0], []
+    real = kernels._packed
+
+    def spy(owner, weight, transposed):
+        first.append(calls[0])
+        return real(owner, weight, transposed)
+
+    monkeypatch.setattr(kernels, "_packed", spy)
+    hook = model.decoder.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        eos = {"eos_token_id": model.config.decoder.vocab_size - 1}  # a token the tiny model may emit
+        out = model.generate(ids.repeat(2, 1), attention_mask=mask.repeat(2, 1), max_new_tokens=12, **(eos | settings))
+    finally:
+        hook.remove()
+    assert out.shape[1] - 1 >= kernels.PACK_AFTER  # the batch ran past PACK_AFTER calls (the EOS is rare)
+    assert first and min(first) == first_packed
+
+
+def test_a_serving_scope_packs_once_across_calls_and_repacks_an_updated_weight():
+    """``with packed_weights():`` around many generate calls: one packing, and an in-place update is seen."""
+    model = model_for("bert2gpt2")
+    run = generations("bert2gpt2")["runs"]["greedy"]
+
+    def copies() -> dict:
+        return {
+            name: m.__dict__["_packed_weight"][1] for name, m in model.named_modules() if "_packed_weight" in m.__dict__
+        }
+
+    with kernels.packed_weights():
+        first = generate(model, "bert2gpt2", run)
+        after_first = copies()
+        again = generate(model, "bert2gpt2", run)
+        after_again = copies()
+        with torch.no_grad():
+            for p in model.decoder.parameters():
+                p.mul_(-1.0)  # in place on the parameter: its version counter moves
+        updated = generate(model, "bert2gpt2", run)
+        after_update = copies()
+    assert after_first and torch.equal(first.sequences, again.sequences)
+    assert after_again.keys() == after_first.keys()
+    assert all(after_again[k] is after_first[k] for k in after_first)  # the second call packed nothing
+    decoder = [k for k in after_first if k.startswith("decoder.")]
+    assert decoder and all(after_update[k] is not after_first[k] for k in decoder)  # every updated weight repacked
+    assert not copies()  # dropped when the block ends
+    kernels.set_packed_linear(False)
+    try:
+        plain = generate(model, "bert2gpt2", run)
+    finally:
+        kernels.set_packed_linear(True)
+    assert torch.equal(updated.sequences, plain.sequences) and not torch.equal(updated.sequences, first.sequences)
