@@ -142,7 +142,7 @@ def test_compiled_rows_join_two_processes():
     )
 
 
-def test_merge_puts_each_transformers_version_in_its_own_column_group(tmp_path):
+def test_merge_puts_each_transformers_version_in_its_own_column_group(tmp_path, capsys):
     """benchmarks.merge: one row per (framework, task, pair); each run's ratio is its own ours/theirs."""
     from benchmarks import merge
 
@@ -171,3 +171,4 @@ def test_merge_puts_each_transformers_version_in_its_own_column_group(tmp_path):
     (tmp_path / "bad.json").write_text('{"rows": []}')
     with pytest.raises(SystemExit):
         merge.main([str(tmp_path / "bad.json")])
+    assert f"{tmp_path / 'bad.json'}: expected the JSON of" in capsys.readouterr().err  # the error names the file
