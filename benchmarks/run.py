@@ -56,14 +56,15 @@ def parse_args(argv):
     p.add_argument("--sides", type=_csv(SIDES), default=list(SIDES), help="ours only skips Transformers")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per cell (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before them")
+    p.add_argument("--batch", type=int, default=Workload.batch, help="sources per call (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--tiny", action="store_true", help="tiny configs (hidden 36, 2 layers) for a smoke run")
     p.add_argument("--cache", type=Path, default=ck.DEFAULT_CACHE, help="where the random checkpoints are written")
     p.add_argument("--md", type=Path, help="append the report (command, commit, versions, table) to this file")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.warmup < 0:
-        p.error("--repeat must be >= 1 and --warmup >= 0")
+    if args.repeat < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("--repeat and --batch must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -222,7 +223,7 @@ def run(args) -> dict:
 
 
 def _run(args) -> dict:
-    work = Workload()
+    work = Workload(batch=args.batch)
     limits = machine_limits(args.device, quick=args.tiny)
     logger.info(
         "machine: GEMM %.1f GFLOP/s, copy bandwidth %.1f GB/s", limits["gemm_flops"] / 1e9, limits["bandwidth"] / 1e9

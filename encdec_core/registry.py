@@ -30,6 +30,15 @@ def register_model(backend: str, model_type: str, role: str) -> Callable[[T], T]
     return deco
 
 
+def register_variant(backend: str, module: str, name: str, base: type, model_type: str, doc: str = "", **attrs) -> type:
+    """The class ``name`` of ``module``: ``base`` with ``model_type``'s config class (and ``attrs``: another base
+    model, prefix or module), registered for that model type in ``base.role``. A family whose arithmetic and
+    parameter names are another's, read through its config's flags, is one such line in each backend."""
+    body = {"config_class": config_class(model_type), "__module__": module, "__qualname__": name, **attrs}
+    cls = type(name, (base,), {**body, "__doc__": doc or f"{name}: {base.__name__} for {model_type!r} configs."})
+    return register_model(backend, model_type, base.role)(cls)
+
+
 def model_class(backend: str, config: PretrainedConfig, role: str) -> type:
     """The class a backend uses for ``config.model_type`` in ``role``."""
     key = (backend, config.model_type, role)
@@ -49,4 +58,4 @@ def config_class(model_type: str) -> type[PretrainedConfig]:
         raise ConfigError(f"unknown model_type {model_type!r}; expected one of {sorted(CONFIG_CLASSES)}") from None
 
 
-__all__ = ["register_model", "model_class", "config_class", "ROLES"]
+__all__ = ["register_model", "register_variant", "model_class", "config_class", "ROLES"]

@@ -16,14 +16,16 @@ whose output matrix is the input embedding matrix unless ``tie_word_embeddings``
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from encdec_core.architectures import architecture
-from encdec_core.configs import CONFIG_CLASSES, BartConfig, BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
+from encdec_core.configs import BartConfig, BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
 from encdec_core.outputs import BaseModelOutput, CausalLMOutput
-from encdec_core.registry import register_model
+from encdec_core.registry import register_model, register_variant
 from encdec_flax.layers import Dtype, LayerNorm, Layers, activation, dot_last, run_stack
 from encdec_flax.modeling_utils import FlaxPreTrainedModel, cross_entropy
 
@@ -515,28 +517,24 @@ class BartForCausalLM(FlaxPreTrainedModel):
     base_model_prefix = "model"
 
 
-def _family(name: str, base: type, model_type: str, doc: str = "", **attrs) -> type:
-    """Register ``base`` again for ``model_type`` (its config class) as the class ``name``: a family whose
-    arithmetic and names are another's, read through the config's structure flags."""
-    body = {"config_class": CONFIG_CLASSES[model_type], "__module__": __name__, "__qualname__": name, **attrs}
-    return register_model("flax", model_type, base.role)(type(name, (base,), {**body, "__doc__": doc}))
+variant = functools.partial(register_variant, "flax", __name__)  # a family read through another's classes
 
 
 # family -> classes: Transformers' class names, the same modules read through the config's flags
-XLMRobertaModel = _family("XLMRobertaModel", RobertaModel, "xlm-roberta", "XLM-RoBERTa: RoBERTa's arithmetic.")
-XLMRobertaForCausalLM = _family("XLMRobertaForCausalLM", RobertaForCausalLM, "xlm-roberta")
-CamembertModel = _family("CamembertModel", RobertaModel, "camembert", "CamemBERT: RoBERTa's arithmetic.")
-CamembertForCausalLM = _family("CamembertForCausalLM", RobertaForCausalLM, "camembert")
-BertGenerationEncoder = _family(
+XLMRobertaModel = variant("XLMRobertaModel", RobertaModel, "xlm-roberta", "XLM-RoBERTa: RoBERTa's arithmetic.")
+XLMRobertaForCausalLM = variant("XLMRobertaForCausalLM", RobertaForCausalLM, "xlm-roberta")
+CamembertModel = variant("CamembertModel", RobertaModel, "camembert", "CamemBERT: RoBERTa's arithmetic.")
+CamembertForCausalLM = variant("CamembertForCausalLM", RobertaForCausalLM, "camembert")
+BertGenerationEncoder = variant(
     "BertGenerationEncoder", BertModel, "bert-generation", "BertGeneration: BERT without token types or pooler."
 )
-BertGenerationDecoder = _family(
+BertGenerationDecoder = variant(
     "BertGenerationDecoder", BertLMHeadModel, "bert-generation", "BertGeneration's LM: one linear ``lm_head``."
 )
-ElectraModel = _family(
+ElectraModel = variant(
     "ElectraModel", BertModel, "electra", "ELECTRA: embeddings of width embedding_size, ``embeddings_project``."
 )
-ElectraForCausalLM = _family(
+ElectraForCausalLM = variant(
     "ElectraForCausalLM",
     BertLMHeadModel,
     "electra",
@@ -544,10 +542,10 @@ ElectraForCausalLM = _family(
     module_class=ElectraForCausalLMModule,
     base_model_prefix="electra",
 )
-DistilBertModel = _family(
+DistilBertModel = variant(
     "DistilBertModel", BertModel, "distilbert", "DistilBERT (encoder only): blocks ``transformer/layer/{i}``."
 )
-MBartForCausalLM = _family("MBartForCausalLM", BartForCausalLM, "mbart", "MBart: pre-LN, final ``layer_norm``.")
+MBartForCausalLM = variant("MBartForCausalLM", BartForCausalLM, "mbart", "MBart: pre-LN, final ``layer_norm``.")
 
 
 # the model classes (BertModel, ..., MBartForCausalLM)

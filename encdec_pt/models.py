@@ -8,28 +8,18 @@ input embeddings); a family is a few class attributes on them, read from the con
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encdec_core import calls, driver
-from encdec_core.configs import (
-    BartConfig,
-    BertConfig,
-    BertGenerationConfig,
-    CamembertConfig,
-    DistilBertConfig,
-    ElectraConfig,
-    GPT2Config,
-    MBartConfig,
-    PretrainedConfig,
-    RobertaConfig,
-    XLMRobertaConfig,
-)
+from encdec_core.configs import BartConfig, BertConfig, DistilBertConfig, GPT2Config, PretrainedConfig
 from encdec_core.decoding import DecoderCache
 from encdec_core.errors import InputError
 from encdec_core.outputs import BaseModelOutput
-from encdec_core.registry import register_model
+from encdec_core.registry import register_model, register_variant
 from encdec_core.tables import architecture
 from encdec_pt.kernels import Linear
 from encdec_pt.layers import (
@@ -232,37 +222,25 @@ class BertModel(BaseModel):
         return self.pooler(x) if self.pooler is not None else None
 
 
-@register_model("pt", "roberta", "encoder")
-class RobertaModel(BertModel):
-    """RoBERTa: BERT with positions counted over real tokens (see :func:`roberta_position_ids`)."""
-
-    config_class = RobertaConfig
-
-
-@register_model("pt", "xlm-roberta", "encoder")
-class XLMRobertaModel(RobertaModel):
-    config_class = XLMRobertaConfig
-
-
-@register_model("pt", "camembert", "encoder")
-class CamembertModel(RobertaModel):
-    config_class = CamembertConfig
-
-
-@register_model("pt", "bert-generation", "encoder")
-class BertGenerationEncoder(BertModel):
-    """BertGeneration: BERT without token types or pooler."""
-
-    config_class = BertGenerationConfig
-    has_pooler = False
-
-
-@register_model("pt", "electra", "encoder")
-class ElectraModel(BertModel):
-    """ELECTRA: embeddings of width ``embedding_size``, projected to ``hidden_size``; no pooler."""
-
-    config_class = ElectraConfig
-    has_pooler = False
+variant = functools.partial(register_variant, "pt", __name__)  # a family read through another's classes
+RobertaModel = variant(
+    "RobertaModel",
+    BertModel,
+    "roberta",
+    "RoBERTa: BERT with positions over real tokens (:func:`roberta_position_ids`).",
+)
+XLMRobertaModel = variant("XLMRobertaModel", RobertaModel, "xlm-roberta", "XLM-RoBERTa: RoBERTa.")
+CamembertModel = variant("CamembertModel", RobertaModel, "camembert", "CamemBERT: RoBERTa.")
+BertGenerationEncoder = variant(
+    "BertGenerationEncoder",
+    BertModel,
+    "bert-generation",
+    "BertGeneration: no token types, no pooler.",
+    has_pooler=False,
+)
+ElectraModel = variant(
+    "ElectraModel", BertModel, "electra", "ELECTRA: embeddings of width embedding_size, projected.", has_pooler=False
+)
 
 
 @register_model("pt", "distilbert", "encoder")
@@ -447,46 +425,22 @@ class CausalLM(PreTrainedModel):
         return x
 
 
-@register_model("pt", "bert", "decoder")
-class BertLMHeadModel(CausalLM):
-    config_class = BertConfig
-    base_model_prefix = "bert"
-    base_class = BertModel
-
-
-@register_model("pt", "roberta", "decoder")
-class RobertaForCausalLM(CausalLM):
-    config_class = RobertaConfig
-    base_model_prefix = "roberta"
-    base_class = RobertaModel
-
-
-@register_model("pt", "xlm-roberta", "decoder")
-class XLMRobertaForCausalLM(CausalLM):
-    config_class = XLMRobertaConfig
-    base_model_prefix = "roberta"
-    base_class = XLMRobertaModel
-
-
-@register_model("pt", "camembert", "decoder")
-class CamembertForCausalLM(CausalLM):
-    config_class = CamembertConfig
-    base_model_prefix = "roberta"
-    base_class = CamembertModel
-
-
-@register_model("pt", "bert-generation", "decoder")
-class BertGenerationDecoder(CausalLM):
-    config_class = BertGenerationConfig
-    base_model_prefix = "bert"
-    base_class = BertGenerationEncoder
-
-
-@register_model("pt", "electra", "decoder")
-class ElectraForCausalLM(CausalLM):
-    config_class = ElectraConfig
-    base_model_prefix = "electra"
-    base_class = ElectraModel
+BertLMHeadModel = variant("BertLMHeadModel", CausalLM, "bert", base_model_prefix="bert", base_class=BertModel)
+RobertaForCausalLM = variant(
+    "RobertaForCausalLM", CausalLM, "roberta", base_model_prefix="roberta", base_class=RobertaModel
+)
+XLMRobertaForCausalLM = variant(
+    "XLMRobertaForCausalLM", CausalLM, "xlm-roberta", base_model_prefix="roberta", base_class=XLMRobertaModel
+)
+CamembertForCausalLM = variant(
+    "CamembertForCausalLM", CausalLM, "camembert", base_model_prefix="roberta", base_class=CamembertModel
+)
+BertGenerationDecoder = variant(
+    "BertGenerationDecoder", CausalLM, "bert-generation", base_model_prefix="bert", base_class=BertGenerationEncoder
+)
+ElectraForCausalLM = variant(
+    "ElectraForCausalLM", CausalLM, "electra", base_model_prefix="electra", base_class=ElectraModel
+)
 
 
 @register_model("pt", "gpt2", "encoder")
@@ -523,43 +477,23 @@ class GPT2Model(BaseModel):
         return self.ln_f(x)
 
 
-@register_model("pt", "gpt2", "decoder")
-class GPT2LMHeadModel(CausalLM):
-    config_class = GPT2Config
-    base_model_prefix = "transformer"
-    base_class = GPT2Model
-    base_kwargs = {}
-
-
-@register_model("pt", "bart", "decoder")
-class BartForCausalLM(CausalLM):
-    config_class = BartConfig
-    base_model_prefix = "model.decoder"
-    base_class = BartDecoder
-    base_kwargs = {}
-
-
-@register_model("pt", "mbart", "decoder")
-class MBartForCausalLM(BartForCausalLM):
-    config_class = MBartConfig
-
-
-__all__ = [
-    "BertModel",
-    "BertLMHeadModel",
-    "RobertaModel",
-    "RobertaForCausalLM",
-    "XLMRobertaModel",
-    "XLMRobertaForCausalLM",
-    "CamembertModel",
-    "CamembertForCausalLM",
-    "BertGenerationEncoder",
-    "BertGenerationDecoder",
-    "ElectraModel",
-    "ElectraForCausalLM",
-    "DistilBertModel",
+GPT2LMHeadModel = variant(
+    "GPT2LMHeadModel", CausalLM, "gpt2", base_model_prefix="transformer", base_class=GPT2Model, base_kwargs={}
+)
+BartForCausalLM = variant(
     "BartForCausalLM",
-    "MBartForCausalLM",
-    "GPT2Model",
-    "GPT2LMHeadModel",
+    CausalLM,
+    "bart",
+    "BART's causal LM: the decoder under ``model.decoder``, ``lm_head`` tied.",
+    base_model_prefix="model.decoder",
+    base_class=BartDecoder,
+    base_kwargs={},
+)
+MBartForCausalLM = variant("MBartForCausalLM", BartForCausalLM, "mbart", "MBart's LM: pre-LN, final ``layer_norm``.")
+
+# the model classes with Transformers' names (BertModel, BertLMHeadModel, ..., MBartForCausalLM)
+__all__ = [
+    n
+    for n, c in list(globals().items())
+    if isinstance(c, type) and issubclass(c, (BaseModel, CausalLM)) and c not in (BaseModel, CausalLM, BartDecoder)
 ]

@@ -8,6 +8,8 @@ preallocated :class:`~encdec_tf.cache.DecoderCache` made by ``init_cache``.
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from encdec_core import calls, driver
@@ -15,17 +17,13 @@ from encdec_core.configs import (
     BartConfig,
     BertConfig,
     BertGenerationConfig,
-    CamembertConfig,
-    DistilBertConfig,
     ElectraConfig,
     GPT2Config,
-    MBartConfig,
     RobertaConfig,
-    XLMRobertaConfig,
 )
 from encdec_core.errors import InputError
 from encdec_core.outputs import BaseModelOutput
-from encdec_core.registry import register_model
+from encdec_core.registry import register_model, register_variant
 from encdec_core.tables import architecture
 from encdec_tf.cache import DecoderCache, as_cache, check_room, empty_cache, past_state
 from encdec_tf.layers import (
@@ -234,23 +232,16 @@ class RobertaModel(BertModel):
     config_class = RobertaConfig
 
 
-def _variant(name: str, base: type, config_class: type, role: str, doc: str, **attrs) -> type:
-    """A class that is ``base`` with another config class (and base model), registered for its model type."""
-    cls = type(name, (base,), {"config_class": config_class, "__doc__": doc, "__module__": __name__, **attrs})
-    return register_model("tf", config_class.model_type, role)(cls)
-
-
-XLMRobertaModel = _variant("XLMRobertaModel", RobertaModel, XLMRobertaConfig, "encoder", "XLM-RoBERTa: RoBERTa.")
-CamembertModel = _variant("CamembertModel", RobertaModel, CamembertConfig, "encoder", "CamemBERT: RoBERTa.")
-BertGenerationEncoder = _variant(
-    "BertGenerationEncoder", BertModel, BertGenerationConfig, "encoder", "BertGeneration: no token types, no pooler."
+variant = functools.partial(register_variant, "tf", __name__)  # a family read through another's classes
+XLMRobertaModel = variant("XLMRobertaModel", RobertaModel, "xlm-roberta", "XLM-RoBERTa: RoBERTa.")
+CamembertModel = variant("CamembertModel", RobertaModel, "camembert", "CamemBERT: RoBERTa.")
+BertGenerationEncoder = variant(
+    "BertGenerationEncoder", BertModel, "bert-generation", "BertGeneration: no token types, no pooler."
 )
-DistilBertModel = _variant(
-    "DistilBertModel", BertModel, DistilBertConfig, "encoder", "DistilBERT: no token types, transformer/layer_._{i}."
+DistilBertModel = variant(
+    "DistilBertModel", BertModel, "distilbert", "DistilBERT: no token types, transformer/layer_._{i}."
 )
-ElectraModel = _variant(
-    "ElectraModel", BertModel, ElectraConfig, "encoder", "ELECTRA: embeddings of width embedding_size, projected."
-)
+ElectraModel = variant("ElectraModel", BertModel, "electra", "ELECTRA: embeddings of width embedding_size, projected.")
 
 
 @register_model("tf", "gpt2", "encoder")
@@ -468,11 +459,11 @@ class RobertaForCausalLM(CausalLM):
         return self.lm_head(x, self.project)
 
 
-XLMRobertaForCausalLM = _variant(
-    "XLMRobertaForCausalLM", RobertaForCausalLM, XLMRobertaConfig, "decoder", "XLM-R's LM.", base_class=XLMRobertaModel
+XLMRobertaForCausalLM = variant(
+    "XLMRobertaForCausalLM", RobertaForCausalLM, "xlm-roberta", "XLM-R's LM.", base_class=XLMRobertaModel
 )
-CamembertForCausalLM = _variant(
-    "CamembertForCausalLM", RobertaForCausalLM, CamembertConfig, "decoder", "CamemBERT's LM.", base_class=CamembertModel
+CamembertForCausalLM = variant(
+    "CamembertForCausalLM", RobertaForCausalLM, "camembert", "CamemBERT's LM.", base_class=CamembertModel
 )
 
 
@@ -558,9 +549,7 @@ class BartForCausalLM(GPT2LMHeadModel):
     base_class = BartDecoder
 
 
-MBartForCausalLM = _variant(
-    "MBartForCausalLM", BartForCausalLM, MBartConfig, "decoder", "MBart's LM: pre-LN, layer_norm."
-)
+MBartForCausalLM = variant("MBartForCausalLM", BartForCausalLM, "mbart", "MBart's LM: pre-LN, layer_norm.")
 
 
 # the model classes with Transformers' names (BertModel, BertLMHeadModel, ..., MBartForCausalLM)

@@ -37,6 +37,8 @@ def test_tiny_run_of_ours(tmp_path):
             "0",
             "--threads",
             "1",
+            "--batch",
+            "3",
             "--cache",
             str(tmp_path / "cache"),
             "--md",
@@ -47,6 +49,7 @@ def test_tiny_run_of_ours(tmp_path):
     )
 
     assert [r["task"] for r in result["rows"]] == tasks
+    assert result["workload"]["batch"] == 3  # --batch reaches every task's inputs (out_shape below)
     for row in result["rows"]:
         ours = row["ours"]
         assert ours["error"] is None, (row["task"], ours["error"])
@@ -172,3 +175,15 @@ def test_merge_puts_each_transformers_version_in_its_own_column_group(tmp_path, 
     with pytest.raises(SystemExit):
         merge.main([str(tmp_path / "bad.json")])
     assert f"{tmp_path / 'bad.json'}: expected the JSON of" in capsys.readouterr().err  # the error names the file
+
+
+def test_rows_times_the_three_kernels_of_one_product():
+    from tolerances import RTOL
+
+    from benchmarks import rows
+
+    out = rows.main(["--layers", "1", "--rows", "1,3", "--repeat", "1", "--threads", "1"])
+    assert [r["rows"] for r in out] == [1, 3]
+    for r in out:
+        assert all(r[k] > 0 for k in ("F.linear", "weight-first", "prepacked"))
+        assert r["max_diff"] <= RTOL["float32"]  # another summation order only: no layout or transpose error

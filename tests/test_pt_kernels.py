@@ -92,7 +92,7 @@ def test_outside_generate_or_with_autograd_the_plain_kernel_runs(packing_calls):
 
 
 def test_few_rows_and_short_generations_keep_the_plain_kernel(packing_calls):
-    """Measured: with fewer than MIN_ROWS rows F.linear streams at bandwidth; packing pays only after PACK_AFTER calls."""
+    """Measured: packing does not pay below MIN_ROWS rows (they run weight-first) or before PACK_AFTER calls."""
     model = model_for("bert2gpt2")
     run = generations("bert2gpt2")["runs"]["greedy"]
     generate(model, "bert2gpt2", run, tiles=1)  # 3 rows
@@ -167,3 +167,52 @@ def test_a_serving_scope_packs_once_across_calls_and_repacks_an_updated_weight()
     finally:
         kernels.set_packed_linear(True)
     assert torch.equal(updated.sequences, plain.sequences) and not torch.equal(updated.sequences, first.sequences)
+
+
+@pytest.fixture
+def weight_first_calls(monkeypatch):
+    """Count the unpacked few-row GEMMs computed as W @ x.T."""
+    calls = []
+    real = kernels._weight_first
+
+    def spy(x, weight, bias):
+        calls.append(x.shape)
+        return real(x, weight, bias)
+
+    monkeypatch.setattr(kernels, "_weight_first", spy)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_row_calls_run_weight_first_and_match_the_plain_kernel(bias, weight_first_calls):
+    layer = kernels.Linear(37, 11, bias=bias)
+    with torch.no_grad():
+        for shape in [(1, 37), (2, 37), (3, 1, 37), (2, 2, 37), (5, 37)]:
+            x = torch.randn(shape)
+            y = layer(x)
+            assert y.shape == (*shape[:-1], 11) and y.is_contiguous()
+            assert_close(y, torch.nn.functional.linear(x, layer.weight, layer.bias), what=f"weight-first {shape}")
+    assert weight_first_calls == [(2, 37), (3, 1, 37), (2, 2, 37)]  # 2 to 4 rows only
+    layer(torch.randn(3, 37))  # the weight needs a gradient: F.linear
+    kernels.set_packed_linear(False)
+    try:
+        with torch.no_grad():
+            layer(torch.randn(3, 37))  # the fast path is off
+    finally:
+        kernels.set_packed_linear(True)
+    assert len(weight_first_calls) == 3
+
+
+@pytest.mark.parametrize("pair", ["bert2bert", "bert2gpt2_proj"])
+def test_few_row_generate_gives_transformers_ids_and_the_plain_ids(pair, weight_first_calls, packing_calls):
+    model = model_for(pair)
+    run = generations(pair)["runs"]["greedy"]
+    out = generate(model, pair, run, tiles=1)  # 3 rows: below MIN_ROWS, so nothing is packed
+    assert weight_first_calls and not packing_calls
+    assert_same_ids(out, run, model.config.pad_token_id, f"{pair} weight-first")
+    kernels.set_packed_linear(False)
+    try:
+        plain = generate(model, pair, run, tiles=1)
+    finally:
+        kernels.set_packed_linear(True)
+    assert torch.equal(out.sequences, plain.sequences)
