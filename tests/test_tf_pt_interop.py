@@ -191,3 +191,19 @@ def test_assigned_config_must_fit_the_weights():
     other = EncoderDecoderModel.from_pretrained(FIXTURES / "bert2bert" / "pt").config
     with pytest.raises(ConfigError, match="decoder config does not fit"):
         model.config = other
+
+
+def test_loaded_arrays_reach_tf_aligned_and_unchanged():
+    """Checkpoint views sit at any byte offset; what TF gets is equal and 64-byte aligned (oneDNN aborts otherwise)."""
+    from encdec_tf.modeling_utils import _tf_op
+
+    raw = np.random.default_rng(0).standard_normal(1 + 37 * 36).astype(np.float32).tobytes()
+    view = np.frombuffer(raw, np.float32, offset=4).reshape(37, 36)  # read-only, 4 bytes past an allocation
+    for name, want in (("identity", view), ("transpose", view.T), ("add_axis0", view[None])):
+        got = _tf_op(name, view)
+        address = np.from_dlpack(got).ctypes.data  # no copy: the data TF holds
+        assert address % 64 == 0, f"{name}: data at {address:#x}"
+        np.testing.assert_array_equal(got.numpy(), want)
+        assert tf.reduce_sum(tf.matmul(tf.reshape(got, (-1, 36)), tf.ones((36, 1)))).numpy() == pytest.approx(
+            float(want.sum()), rel=1e-4
+        )
